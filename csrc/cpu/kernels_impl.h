@@ -1,0 +1,514 @@
+// Block-sparse implicit-GEMM kernels for the CPU: forward, grad_input (dX), grad_weight (dW).
+//
+// Included once per ISA by kernels_<isa>.cpp with SPARSEKIT_ISA set to the namespace name; the
+// file is compiled with that ISA's flags. It uses no std:: templates, so no inline function
+// compiled for AVX-512 can be picked by the linker for the portable build.
+//
+// Design (DESIGN.md §3, CPU kernels): register-blocked micro-kernels hold a tile of MR pixels ×
+// (NV·16) channels in vector registers and stream the reduction axis, broadcasting one scalar
+// per pixel and loading NV vectors of the other operand per step.
+//   forward : pixels × output channels of one block row; reduction over the kept blocks' K.
+//             W's kept blocks are packed K-major once per call ([bk][NV·16], zero padded).
+//   dX      : input pixels × c_in of one channel block; reduction over the kept blocks of that
+//             block column (all taps, and for stride s the taps of the pixel's phase only).
+//   dW      : rows of one kept block × its c_in; reduction over the valid pixels of its tap.
+// Every output element is produced by one work item in a fixed order, so results are
+// bit-identical run to run and independent of the thread count's schedule.
+#include <omp.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "problem.h"
+
+namespace sparsekit {
+namespace SPARSEKIT_ISA {
+namespace {
+
+constexpr int VL = 16;  // floats per vector
+typedef float vf __attribute__((vector_size(64)));
+typedef float vfu __attribute__((vector_size(64), aligned(4)));
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline vf loadu(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void storeu(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+
+inline int pow2_ceil(int64_t n) {
+  int p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+// Max pixels per tile for NV vectors of accumulators (≤ 24 accumulators of 32 registers).
+inline int max_tile(int nv) { return nv == 1 ? 16 : (nv == 4 ? 4 : 8); }
+
+struct Buffer {  // 64-byte aligned scratch, freed on scope exit
+  void* ptr = nullptr;
+  explicit Buffer(int64_t bytes) {
+    int64_t n = (bytes + 63) / 64 * 64;
+    ptr = std::aligned_alloc(64, n > 0 ? n : 64);
+  }
+  ~Buffer() { std::free(ptr); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr); }
+};
+
+// Columns [k0, k0 + width) of W covered by block column `col` (tap `tap`, channels from c0).
+struct BlockCols {
+  int64_t tap, c0, width, k0;
+};
+inline BlockCols block_cols(const Problem& p, int64_t col) {
+  BlockCols b;
+  b.tap = col / p.blocks_per_tap;
+  b.c0 = (col % p.blocks_per_tap) * p.bk;
+  b.width = imin(p.bk, p.c_in - b.c0);
+  b.k0 = b.tap * p.c_in + b.c0;
+  return b;
+}
+inline int64_t block_height(const Problem& p, int64_t row) { return imin(p.bn, p.c_out - row * p.bn); }
+
+// Logical (upsampled) input coordinate of output coordinate `o` at kernel offset `k`; valid
+// iff in [0, upsample·size). Returns the physical input coordinate or -1.
+inline int64_t input_coord(int64_t o, int64_t k, int64_t stride, int64_t pad, int64_t dil,
+                           int64_t up, int64_t size) {
+  int64_t l = o * stride - pad + k * dil;
+  return (l >= 0 && l < up * size) ? l / up : -1;
+}
+
+// Store `v` (lanes beyond `count` dropped) at dst.
+inline void store_partial(float* dst, vf v, int64_t count) {
+  if (count >= VL) {
+    storeu(dst, v);
+  } else {
+    for (int64_t j = 0; j < count; ++j) dst[j] = v[j];
+  }
+}
+
+// ------------------------------------------------------------------------------------ forward
+// Kept block i (row-major order) packed as [bk][nv·16]: packed[k][n] = W[n0 + n, k0 + k].
+void pack_forward(const Problem& p, const Index& ix, int64_t nnz, int nv, const float* w,
+                  float* packed) {
+  const int64_t width_pad = nv * VL;
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+  for (int64_t i = 0; i < nnz; ++i) {
+    const int64_t row = ix.block_row[i];
+    const BlockCols bc = block_cols(p, ix.col_idx[i]);
+    const int64_t n0 = row * p.bn, rows = block_height(p, row);
+    float* dst = packed + i * p.bk * width_pad;
+    std::memset(dst, 0, sizeof(float) * p.bk * width_pad);
+    for (int64_t n = 0; n < rows; ++n) {
+      const float* src = w + (n0 + n) * p.w_row_stride + bc.k0;
+      for (int64_t k = 0; k < bc.width; ++k) dst[k * width_pad + n] = src[k];
+    }
+  }
+}
+
+// One tile of MR output pixels × block rows [r_begin, r_end). `a` holds, per tap, MR pointers
+// to the input pixel rows (channel 0) the tile's pixels read at that tap (a zero row where the
+// tap reads padding); taps with tap_ok false are skipped. y_tile: the tile's first output pixel.
+template <int MR, int NV>
+void forward_tile(const Problem& p, const Index& ix, const float* const* a, const bool* tap_ok,
+                  const float* packed, const float* bias_pad, int64_t r_begin, int64_t r_end,
+                  float* y_tile, int64_t mr) {
+  constexpr int64_t WP = NV * VL;
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    vf acc[MR][NV];
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) acc[m][v] = vf{};
+    for (int64_t i = ix.row_ptr[r], end = ix.row_ptr[r + 1]; i < end; ++i) {
+      const BlockCols bc = block_cols(p, ix.col_idx[i]);
+      if (!tap_ok[bc.tap]) continue;
+      const float* am[MR];
+      for (int m = 0; m < MR; ++m) am[m] = a[bc.tap * MR + m] + bc.c0;
+      const float* b = packed + i * p.bk * WP;
+      for (int64_t k = 0; k < bc.width; ++k) {
+        vf bv[NV];
+        for (int v = 0; v < NV; ++v) bv[v] = loadu(b + k * WP + v * VL);
+        for (int m = 0; m < MR; ++m) {
+          const float s = am[m][k];
+          for (int v = 0; v < NV; ++v) acc[m][v] += s * bv[v];
+        }
+      }
+    }
+    const int64_t n0 = r * p.bn, rows = block_height(p, r);
+    for (int64_t m = 0; m < mr; ++m) {
+      float* dst = y_tile + m * p.c_out + n0;
+      for (int v = 0; v < NV; ++v)
+        store_partial(dst + v * VL, acc[m][v] + loadu(bias_pad + n0 + v * VL), rows - v * VL);
+    }
+  }
+}
+
+template <int NV>
+void forward_tile_mr(int MR, const Problem& p, const Index& ix, const float* const* a,
+                     const bool* tap_ok, const float* packed, const float* bias_pad, int64_t r0,
+                     int64_t r1, float* y_tile, int64_t mr) {
+  switch (MR) {
+    case 1: return forward_tile<1, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+    case 2: return forward_tile<2, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+    case 4: return forward_tile<4, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+    case 8: return forward_tile<8, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+    default: return forward_tile<16, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+  }
+}
+
+void forward_tile_any(int nv, int MR, const Problem& p, const Index& ix, const float* const* a,
+                      const bool* tap_ok, const float* packed, const float* bias_pad, int64_t r0,
+                      int64_t r1, float* y_tile, int64_t mr) {
+  switch (nv) {
+    case 1: return forward_tile_mr<1>(MR, p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+    case 2: return forward_tile_mr<2>(MR, p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+    case 3: return forward_tile_mr<3>(MR, p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+    default: return forward_tile_mr<4>(MR, p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+  }
+}
+
+// Splits `count` units into groups so that tiles × groups gives every thread several items.
+inline int64_t split_groups(int64_t tiles, int64_t count, int threads) {
+  int64_t want = cdiv(4 * (int64_t)threads, tiles > 0 ? tiles : 1);
+  return want < 1 ? 1 : imin(want, count > 0 ? count : 1);
+}
+
+}  // namespace
+
+void forward(const Problem& p, const Index& ix, const float* x, const float* w, const float* bias,
+             float* y) {
+  const int nv = (int)cdiv(p.bn, VL);
+  const int64_t nnz = ix.row_ptr[p.grid_rows];
+  const int64_t taps = p.kh * p.kw;
+  Buffer packed(sizeof(float) * (nnz > 0 ? nnz : 1) * p.bk * nv * VL);
+  pack_forward(p, ix, nnz, nv, w, packed.as<float>());
+
+  const int64_t padded_n = p.grid_rows * p.bn + VL * 4;
+  Buffer bias_buf(sizeof(float) * padded_n);
+  float* bias_pad = bias_buf.as<float>();
+  for (int64_t n = 0; n < padded_n; ++n) bias_pad[n] = (bias && n < p.c_out) ? bias[n] : 0.f;
+  Buffer zero_buf(sizeof(float) * (p.c_in + VL * 4));
+  const float* zeros = zero_buf.as<float>();
+  std::memset(zero_buf.ptr, 0, sizeof(float) * (p.c_in + VL * 4));
+
+  const int tile = imin(max_tile(nv), pow2_ceil(p.out_w));
+  const int64_t tiles_per_row = cdiv(p.out_w, tile);
+  const int64_t tiles = p.batch * p.out_h * tiles_per_row;
+  const int64_t groups = split_groups(tiles, p.grid_rows, p.threads);
+  const int64_t rows_per_group = cdiv(p.grid_rows, groups);
+
+#pragma omp parallel num_threads(p.threads)
+  {
+    Buffer ptr_buf(sizeof(const float*) * taps * tile);
+    Buffer ok_buf(sizeof(bool) * taps);
+    const float** a = ptr_buf.as<const float*>();
+    bool* tap_ok = ok_buf.as<bool>();
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < tiles * groups; ++item) {
+      const int64_t t = item / groups, g = item % groups;
+      const int64_t ox0 = (t % tiles_per_row) * tile;
+      const int64_t oy = (t / tiles_per_row) % p.out_h, b = t / (tiles_per_row * p.out_h);
+      const int64_t mr = imin(tile, p.out_w - ox0);
+      const int MR = pow2_ceil(mr);
+      for (int64_t ky = 0; ky < p.kh; ++ky) {
+        const int64_t iy = input_coord(oy, ky, p.stride_h, p.pad_h, p.dil_h, p.upsample, p.in_h);
+        for (int64_t kx = 0; kx < p.kw; ++kx) {
+          const int64_t tap = ky * p.kw + kx;
+          bool any = false;
+          for (int64_t m = 0; m < MR; ++m) {
+            const int64_t ixc = m < mr ? input_coord(ox0 + m, kx, p.stride_w, p.pad_w, p.dil_w,
+                                                     p.upsample, p.in_w) : -1;
+            const bool ok = iy >= 0 && ixc >= 0;
+            a[tap * MR + m] = ok ? x + ((b * p.in_h + iy) * p.in_w + ixc) * p.c_in : zeros;
+            any |= ok;
+          }
+          tap_ok[tap] = any;
+        }
+      }
+      const int64_t r0 = g * rows_per_group, r1 = imin(p.grid_rows, r0 + rows_per_group);
+      float* y_tile = y + ((b * p.out_h + oy) * p.out_w + ox0) * p.c_out;
+      forward_tile_any(nv, MR, p, ix, a, tap_ok, packed.as<float>(), bias_pad, r0, r1, y_tile, mr);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ dX
+namespace {
+
+// Kept block i (column-major order) packed as [bn][nv·16]: packed[n][k] = W[n0 + n, k0 + k].
+void pack_transpose(const Problem& p, const Index& ix, int nv, const float* w, float* packed) {
+  const int64_t width_pad = nv * VL;
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+  for (int64_t col = 0; col < p.grid_cols; ++col) {
+    const BlockCols bc = block_cols(p, col);
+    for (int64_t i = ix.col_ptr[col], end = ix.col_ptr[col + 1]; i < end; ++i) {
+      const int64_t row = ix.row_idx[i];
+      const int64_t n0 = row * p.bn, rows = block_height(p, row);
+      float* dst = packed + i * p.bn * width_pad;
+      std::memset(dst, 0, sizeof(float) * p.bn * width_pad);
+      for (int64_t n = 0; n < rows; ++n)
+        std::memcpy(dst + n * width_pad, w + (n0 + n) * p.w_row_stride + bc.k0,
+                    sizeof(float) * bc.width);
+    }
+  }
+}
+
+// One tile of MR input pixels × channel blocks [cb_begin, cb_end). For each term (a tap, and
+// with upsampling a sub-pixel) `a` holds MR pointers to the dy rows the pixels receive from
+// (a zero row where none), term_tap its tap, term_ok whether any pixel receives.
+template <int MR, int NV>
+void grad_input_tile(const Problem& p, const Index& ix, const float* const* a,
+                     const int64_t* term_tap, const bool* term_ok, int64_t terms,
+                     const float* packed, int64_t cb_begin, int64_t cb_end, float* dx_tile,
+                     int64_t pixel_stride, int64_t mr) {
+  constexpr int64_t WP = NV * VL;
+  for (int64_t cb = cb_begin; cb < cb_end; ++cb) {
+    vf acc[MR][NV];
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) acc[m][v] = vf{};
+    for (int64_t term = 0; term < terms; ++term) {
+      if (!term_ok[term]) continue;
+      const int64_t col = term_tap[term] * p.blocks_per_tap + cb;
+      for (int64_t i = ix.col_ptr[col], end = ix.col_ptr[col + 1]; i < end; ++i) {
+        const int64_t row = ix.row_idx[i];
+        const int64_t rows = block_height(p, row);
+        const float* am[MR];
+        for (int m = 0; m < MR; ++m) am[m] = a[term * MR + m] + row * p.bn;
+        const float* b = packed + i * p.bn * WP;
+        for (int64_t n = 0; n < rows; ++n) {
+          vf bv[NV];
+          for (int v = 0; v < NV; ++v) bv[v] = loadu(b + n * WP + v * VL);
+          for (int m = 0; m < MR; ++m) {
+            const float s = am[m][n];
+            for (int v = 0; v < NV; ++v) acc[m][v] += s * bv[v];
+          }
+        }
+      }
+    }
+    const int64_t c0 = cb * p.bk, width = imin(p.bk, p.c_in - c0);
+    for (int64_t m = 0; m < mr; ++m)
+      for (int v = 0; v < NV; ++v)
+        store_partial(dx_tile + m * pixel_stride + c0 + v * VL, acc[m][v], width - v * VL);
+  }
+}
+
+template <int NV>
+void grad_input_tile_mr(int MR, const Problem& p, const Index& ix, const float* const* a,
+                        const int64_t* tt, const bool* ok, int64_t terms, const float* packed,
+                        int64_t c0, int64_t c1, float* dx, int64_t ps, int64_t mr) {
+  switch (MR) {
+    case 1: return grad_input_tile<1, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
+    case 2: return grad_input_tile<2, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
+    case 4: return grad_input_tile<4, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
+    case 8: return grad_input_tile<8, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
+    default: return grad_input_tile<16, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
+  }
+}
+
+void grad_input_tile_any(int nv, int MR, const Problem& p, const Index& ix, const float* const* a,
+                         const int64_t* tt, const bool* ok, int64_t terms, const float* packed,
+                         int64_t c0, int64_t c1, float* dx, int64_t ps, int64_t mr) {
+  switch (nv) {
+    case 1: return grad_input_tile_mr<1>(MR, p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
+    case 2: return grad_input_tile_mr<2>(MR, p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
+    case 3: return grad_input_tile_mr<3>(MR, p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
+    default: return grad_input_tile_mr<4>(MR, p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
+  }
+}
+
+inline int64_t gcd(int64_t a, int64_t b) {
+  while (b) {
+    int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+// Output coordinate that reads input coordinate `i` (sub-pixel `sub` of the upsampled input)
+// at kernel offset `k`, or -1 if none does.
+inline int64_t output_coord(int64_t i, int64_t sub, int64_t k, int64_t stride, int64_t pad,
+                            int64_t dil, int64_t up, int64_t out_size) {
+  const int64_t num = up * i + sub + pad - k * dil;
+  if (num < 0 || num % stride != 0) return -1;
+  const int64_t o = num / stride;
+  return o < out_size ? o : -1;
+}
+
+}  // namespace
+
+// Input pixels are tiled by row and by phase along x: pixels ix ≡ φ (mod step) share which
+// taps reach them (step = stride / gcd(stride, upsample)), so a stride-2 dX runs as phase
+// sub-problems over their own taps; pixels no window reaches get exact zeros.
+void grad_input(const Problem& p, const Index& ix, const float* dy, const float* w, float* dx) {
+  const int nv = (int)cdiv(p.bk, VL);
+  const int64_t nnz = ix.col_ptr[p.grid_cols];
+  Buffer packed(sizeof(float) * (nnz > 0 ? nnz : 1) * p.bn * nv * VL);
+  pack_transpose(p, ix, nv, w, packed.as<float>());
+  Buffer zero_buf(sizeof(float) * (p.grid_rows * p.bn + VL));
+  std::memset(zero_buf.ptr, 0, sizeof(float) * (p.grid_rows * p.bn + VL));
+  const float* zeros = zero_buf.as<float>();
+
+  const int64_t up = p.upsample;
+  const int64_t step = p.stride_w / gcd(p.stride_w, up);
+  const int64_t terms = up * up * p.kh * p.kw;
+  const int64_t per_phase = cdiv(p.in_w, step);
+  const int tile = imin(max_tile(nv), pow2_ceil(per_phase));
+  const int64_t tiles_per_phase = cdiv(per_phase, tile);
+  const int64_t tiles = p.batch * p.in_h * step * tiles_per_phase;
+  const int64_t groups = split_groups(tiles, p.blocks_per_tap, p.threads);
+  const int64_t cbs_per_group = cdiv(p.blocks_per_tap, groups);
+
+#pragma omp parallel num_threads(p.threads)
+  {
+    Buffer ptr_buf(sizeof(const float*) * terms * tile);
+    Buffer tap_buf(sizeof(int64_t) * terms);
+    Buffer ok_buf(sizeof(bool) * terms);
+    const float** a = ptr_buf.as<const float*>();
+    int64_t* term_tap = tap_buf.as<int64_t>();
+    bool* term_ok = ok_buf.as<bool>();
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < tiles * groups; ++item) {
+      const int64_t t = item / groups, g = item % groups;
+      const int64_t j0 = (t % tiles_per_phase) * tile;
+      const int64_t phase = (t / tiles_per_phase) % step;
+      const int64_t iy = (t / (tiles_per_phase * step)) % p.in_h;
+      const int64_t b = t / (tiles_per_phase * step * p.in_h);
+      const int64_t count = cdiv(p.in_w - phase, step);  // pixels in this phase
+      const int64_t mr = imin(tile, count - j0);
+      if (mr <= 0) continue;
+      const int MR = pow2_ceil(mr);
+      int64_t term = 0;
+      for (int64_t sy = 0; sy < up; ++sy)
+        for (int64_t sx = 0; sx < up; ++sx)
+          for (int64_t ky = 0; ky < p.kh; ++ky) {
+            const int64_t oy = output_coord(iy, sy, ky, p.stride_h, p.pad_h, p.dil_h, up, p.out_h);
+            for (int64_t kx = 0; kx < p.kw; ++kx, ++term) {
+              term_tap[term] = ky * p.kw + kx;
+              bool any = false;
+              for (int64_t m = 0; m < MR; ++m) {
+                const int64_t ixc = phase + (j0 + m) * step;
+                const int64_t ox = m < mr ? output_coord(ixc, sx, kx, p.stride_w, p.pad_w,
+                                                         p.dil_w, up, p.out_w) : -1;
+                const bool ok = oy >= 0 && ox >= 0;
+                a[term * MR + m] = ok ? dy + ((b * p.out_h + oy) * p.out_w + ox) * p.c_out : zeros;
+                any |= ok;
+              }
+              term_ok[term] = any;
+            }
+          }
+      const int64_t c0 = g * cbs_per_group, c1 = imin(p.blocks_per_tap, c0 + cbs_per_group);
+      float* dx_tile = dx + ((b * p.in_h + iy) * p.in_w + phase + j0 * step) * p.c_in;
+      grad_input_tile_any(nv, MR, p, ix, a, term_tap, term_ok, terms, packed.as<float>(), c0, c1,
+                          dx_tile, step * p.c_in, mr);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ dW
+namespace {
+
+constexpr int64_t DW_CHUNK = 128;  // pixels per chunk: the chunk's x and dy rows stay in L1/L2
+
+// acc[RN][NVK] += Σ_q dy[q][row0 + r] · x[q][0:NVK·16] over the chunk's pixels.
+template <int RN, int NVK>
+void grad_weight_rows(const float* const* dyp, const float* const* xp, int64_t count,
+                      int64_t row0, float* acc_mem, int64_t acc_stride) {
+  vf acc[RN][NVK];
+  for (int r = 0; r < RN; ++r)
+    for (int v = 0; v < NVK; ++v) acc[r][v] = loadu(acc_mem + (row0 + r) * acc_stride + v * VL);
+  for (int64_t q = 0; q < count; ++q) {
+    vf xv[NVK];
+    for (int v = 0; v < NVK; ++v) xv[v] = loadu(xp[q] + v * VL);
+    const float* d = dyp[q] + row0;
+    for (int r = 0; r < RN; ++r) {
+      const float s = d[r];
+      for (int v = 0; v < NVK; ++v) acc[r][v] += s * xv[v];
+    }
+  }
+  for (int r = 0; r < RN; ++r)
+    for (int v = 0; v < NVK; ++v) storeu(acc_mem + (row0 + r) * acc_stride + v * VL, acc[r][v]);
+}
+
+template <int NVK>
+void grad_weight_chunk(const float* const* dyp, const float* const* xp, int64_t count,
+                       int64_t rows, float* acc_mem) {
+  constexpr int64_t stride = NVK * VL;
+  constexpr int RMAX = NVK == 1 ? 16 : (NVK == 4 ? 4 : 8);
+  int64_t r = 0;
+  for (; r + RMAX <= rows; r += RMAX) grad_weight_rows<RMAX, NVK>(dyp, xp, count, r, acc_mem, stride);
+  for (; r + 4 <= rows; r += 4) grad_weight_rows<4, NVK>(dyp, xp, count, r, acc_mem, stride);
+  for (; r + 2 <= rows; r += 2) grad_weight_rows<2, NVK>(dyp, xp, count, r, acc_mem, stride);
+  for (; r < rows; ++r) grad_weight_rows<1, NVK>(dyp, xp, count, r, acc_mem, stride);
+}
+
+void grad_weight_chunk_any(int nvk, const float* const* dyp, const float* const* xp,
+                           int64_t count, int64_t rows, float* acc_mem) {
+  switch (nvk) {
+    case 1: return grad_weight_chunk<1>(dyp, xp, count, rows, acc_mem);
+    case 2: return grad_weight_chunk<2>(dyp, xp, count, rows, acc_mem);
+    case 3: return grad_weight_chunk<3>(dyp, xp, count, rows, acc_mem);
+    default: return grad_weight_chunk<4>(dyp, xp, count, rows, acc_mem);
+  }
+}
+
+}  // namespace
+
+// Each listed block is one work item: its tap's valid (output, input) pixel pairs are streamed
+// in chunks; blocks narrower than a whole number of vectors read x through a zero-padded copy.
+void grad_weight(const Problem& p, const Index& ix, const float* dy, const float* x, float* dw) {
+  const int64_t count = *ix.block_count;
+  const int64_t nvk_max = cdiv(p.bk, VL);
+#pragma omp parallel num_threads(p.threads)
+  {
+    Buffer acc_buf(sizeof(float) * p.bn * nvk_max * VL);
+    Buffer dyp_buf(sizeof(const float*) * DW_CHUNK);
+    Buffer xp_buf(sizeof(const float*) * DW_CHUNK);
+    Buffer xpad_buf(sizeof(float) * DW_CHUNK * nvk_max * VL);
+    float* acc = acc_buf.as<float>();
+    const float** dyp = dyp_buf.as<const float*>();
+    const float** xp = xp_buf.as<const float*>();
+    float* xpad = xpad_buf.as<float>();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t row = ix.block_row[i];
+      const BlockCols bc = block_cols(p, ix.col_idx[i]);
+      const int64_t n0 = row * p.bn, rows = block_height(p, row);
+      const int nvk = (int)cdiv(bc.width, VL);
+      const bool padded = bc.width % VL != 0;
+      const int64_t ky = bc.tap / p.kw, kx = bc.tap % p.kw;
+      std::memset(acc, 0, sizeof(float) * p.bn * nvk * VL);
+      int64_t q = 0;
+      auto flush = [&]() {
+        if (q > 0) grad_weight_chunk_any(nvk, dyp, xp, q, rows, acc);
+        q = 0;
+      };
+      for (int64_t b = 0; b < p.batch; ++b)
+        for (int64_t oy = 0; oy < p.out_h; ++oy) {
+          const int64_t iy = input_coord(oy, ky, p.stride_h, p.pad_h, p.dil_h, p.upsample, p.in_h);
+          if (iy < 0) continue;
+          for (int64_t ox = 0; ox < p.out_w; ++ox) {
+            const int64_t ixc = input_coord(ox, kx, p.stride_w, p.pad_w, p.dil_w, p.upsample, p.in_w);
+            if (ixc < 0) continue;
+            const float* xrow = x + ((b * p.in_h + iy) * p.in_w + ixc) * p.c_in + bc.c0;
+            if (padded) {
+              float* dst = xpad + q * nvk * VL;
+              std::memset(dst, 0, sizeof(float) * nvk * VL);
+              std::memcpy(dst, xrow, sizeof(float) * bc.width);
+              xrow = dst;
+            }
+            xp[q] = xrow;
+            dyp[q] = dy + ((b * p.out_h + oy) * p.out_w + ox) * p.c_out + n0;
+            if (++q == DW_CHUNK) flush();
+          }
+        }
+      flush();
+      for (int64_t n = 0; n < rows; ++n)
+        std::memcpy(dw + (n0 + n) * p.w_row_stride + bc.k0, acc + n * nvk * VL,
+                    sizeof(float) * bc.width);
+    }
+  }
+}
+
+}  // namespace SPARSEKIT_ISA
+}  // namespace sparsekit

@@ -1,0 +1,29 @@
+"""sparsekit: block-sparse linear and conv2d kernels with autograd, for sparse training.
+
+    import sparsekit
+    layer = sparsekit.SparseConv2d(256, 256, 3, padding=1, block=(32, 32), density=0.1)
+    model = sparsekit.sparsify(model, density=0.2, block=(32, 32), exclude=["head"])
+
+See ``sparsekit.ops`` for the functional API and dispatch, ``sparsekit.layout`` for the block
+layout, and ``python -m sparsekit.info`` for what this machine can run.
+"""
+
+import torch  # noqa: F401  (loads torch's libgomp before our extension links against it)
+
+from .layout import BlockLayout
+from .nn import SparseConv2d, SparseLinear, sparse_layers, sparsify
+from .ops import block_sparse_conv2d, block_sparse_linear, get_backend, set_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockLayout",
+    "SparseConv2d",
+    "SparseLinear",
+    "block_sparse_conv2d",
+    "block_sparse_linear",
+    "get_backend",
+    "set_backend",
+    "sparse_layers",
+    "sparsify",
+]

@@ -1,0 +1,131 @@
+"""The C++/OpenMP CPU backend (``sparsekit._C``): fp32, blocks up to 64×64, any conv geometry.
+
+Inputs arrive contiguous NHWC (conv) / row-major (linear) from ``sparsekit.ops``; this module
+checks what the kernels need, allocates outputs and passes pointers. A linear layer runs as the
+1×1 conv of a ``[1, 1, M, K]`` image. Threads: ``torch.get_num_threads()``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..geometry import ConvGeometry, empty_conv_input_grad, empty_conv_output, zeros_weight_grad
+from . import BackendUnavailable
+
+try:
+    from .. import _C
+except ImportError as e:  # pragma: no cover - only without a built extension
+    raise BackendUnavailable(f"sparsekit._C is not built ({e}); reinstall with `pip install -e .`") from e
+
+MAX_BLOCK = 64
+_full_block_lists: dict[tuple, tuple] = {}
+
+
+def unsupported(op, x, weight, idx, geom=None):
+    if x.device.type != "cpu":
+        return f"tensors are on {x.device}, the cpu backend runs on CPU tensors"
+    if x.dtype != torch.float32:
+        return f"dtype {x.dtype} (the cpu kernels are fp32)"
+    if (idx.block_n, idx.block_k) == (1, 1):
+        return "unstructured (1×1) blocks run on the reference backend"
+    if idx.block_n > MAX_BLOCK or idx.block_k > MAX_BLOCK:
+        return f"block {(idx.block_n, idx.block_k)} has a side above {MAX_BLOCK}"
+    return None
+
+
+def _problem(batch, in_hw, c_in, out_hw, c_out, kernel_hw, geom: ConvGeometry, w_row_stride, idx):
+    grid_rows, grid_cols = idx.bitmap.shape
+    blocks_per_tap = grid_cols // (kernel_hw[0] * kernel_hw[1])
+    return [batch, *in_hw, c_in, *out_hw, c_out, *kernel_hw, *geom.stride, *geom.padding,
+            *geom.dilation, geom.upsample, w_row_stride, idx.block_n, idx.block_k, grid_rows,
+            grid_cols, blocks_per_tap]
+
+
+_LINEAR = ConvGeometry((1, 1), (0, 0), (1, 1), 1)
+
+
+def _linear_problem(m, weight, idx):
+    n, k = weight.shape
+    return _problem(1, (1, m), k, (1, m), n, (1, 1), _LINEAR, weight.stride(0), idx)
+
+
+def _conv_problem(x_shape, weight, geom, idx):
+    b, c_in, h, w = x_shape
+    out_hw = geom.output_hw((h, w), weight.shape[2:])
+    return _problem(b, (h, w), c_in, out_hw, weight.shape[0], tuple(weight.shape[2:]), geom,
+                    weight.stride(0), idx)
+
+
+def _threads():
+    return torch.get_num_threads()
+
+
+def _dw_blocks(idx, dense_dw):
+    """(block_row, col_idx, count) for the dW pass: kept blocks, or every block for a dense dW."""
+    if not dense_dw:
+        return idx.block_row, idx.col_idx, idx.row_ptr[-1:]
+    grid = tuple(idx.bitmap.shape)
+    if grid not in _full_block_lists:
+        every = torch.arange(grid[0] * grid[1], dtype=torch.int32)
+        count = torch.tensor([grid[0] * grid[1]], dtype=torch.int32)
+        _full_block_lists[grid] = (every // grid[1], every % grid[1], count)
+    return _full_block_lists[grid]
+
+
+def _forward(problem, x, weight, bias, idx, y):
+    _C.forward(problem, _threads(), x.data_ptr(), weight.data_ptr(),
+               bias.contiguous().data_ptr() if bias is not None else 0, y.data_ptr(),
+               idx.row_ptr.data_ptr(), idx.col_idx.data_ptr(), idx.block_row.data_ptr())
+    return y
+
+
+def _grad_input(problem, dy, weight, idx, dx):
+    _C.grad_input(problem, _threads(), dy.data_ptr(), weight.data_ptr(), dx.data_ptr(),
+                  idx.col_ptr.data_ptr(), idx.row_idx.data_ptr())
+    return dx
+
+
+def _grad_weight(problem, dy, x, weight, idx, dense_dw):
+    dw = zeros_weight_grad(weight)
+    block_row, col_idx, count = _dw_blocks(idx, dense_dw)
+    _C.grad_weight(problem, _threads(), dy.data_ptr(), x.data_ptr(), dw.data_ptr(),
+                   block_row.data_ptr(), col_idx.data_ptr(), count.data_ptr())
+    return dw
+
+
+_CL = torch.channels_last
+
+
+def linear_fwd(x, weight, bias, idx):
+    x, weight = x.contiguous(), weight.contiguous()
+    y = x.new_empty((x.shape[0], weight.shape[0]))
+    return _forward(_linear_problem(x.shape[0], weight, idx), x, weight, bias, idx, y)
+
+
+def linear_dx(dy, weight, idx):
+    dy, weight = dy.contiguous(), weight.contiguous()
+    dx = dy.new_empty((dy.shape[0], weight.shape[1]))
+    return _grad_input(_linear_problem(dy.shape[0], weight, idx), dy, weight, idx, dx)
+
+
+def linear_dw(dy, x, weight, idx, dense_dw):
+    dy, x = dy.contiguous(), x.contiguous()
+    return _grad_weight(_linear_problem(x.shape[0], weight, idx), dy, x, weight, idx, dense_dw)
+
+
+def conv2d_fwd(x, weight, bias, idx, geom):
+    x, weight = x.contiguous(memory_format=_CL), weight.contiguous(memory_format=_CL)
+    y = empty_conv_output(x, weight, geom)
+    return _forward(_conv_problem(x.shape, weight, geom, idx), x, weight, bias, idx, y)
+
+
+def conv2d_dx(dy, weight, idx, geom, input_hw):
+    dy, weight = dy.contiguous(memory_format=_CL), weight.contiguous(memory_format=_CL)
+    dx = empty_conv_input_grad(dy, weight, input_hw)
+    problem = _conv_problem((dy.shape[0], weight.shape[1], *input_hw), weight, geom, idx)
+    return _grad_input(problem, dy, weight, idx, dx)
+
+
+def conv2d_dw(dy, x, weight, idx, geom, dense_dw):
+    dy, x = dy.contiguous(memory_format=_CL), x.contiguous(memory_format=_CL)
+    return _grad_weight(_conv_problem(x.shape, weight, geom, idx), dy, x, weight, idx, dense_dw)

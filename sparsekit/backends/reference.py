@@ -1,0 +1,70 @@
+"""The oracle: masked dense torch. Supports every argument (any kernel, dilation, dtype, device,
+block shape incl. 1×1 unstructured); every other backend is tested against it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..geometry import ConvGeometry
+from ..layout import element_mask
+
+
+def unsupported(op, x, weight, idx, geom=None):
+    return None
+
+
+def _element_mask(weight, idx):
+    return element_mask(idx.bitmap, weight.shape, (idx.block_n, idx.block_k))
+
+
+def _masked(weight, idx):
+    return weight * _element_mask(weight, idx).to(weight.dtype)
+
+
+# ---------------------------------------------------------------------------------- linear
+def linear_fwd(x, weight, bias, idx):
+    return F.linear(x, _masked(weight, idx), bias)
+
+
+def linear_dx(dy, weight, idx):
+    return dy @ _masked(weight, idx)
+
+
+def linear_dw(dy, x, weight, idx, dense_dw):
+    dw = dy.t() @ x
+    if not dense_dw:
+        dw = dw * _element_mask(weight, idx).to(dw.dtype)
+    return torch.empty_like(weight).copy_(dw)
+
+
+# ---------------------------------------------------------------------------------- conv2d
+def _upsampled(x, geom: ConvGeometry):
+    if geom.upsample == 1:
+        return x
+    return F.interpolate(x, scale_factor=geom.upsample, mode="nearest")
+
+
+def conv2d_fwd(x, weight, bias, idx, geom: ConvGeometry):
+    y = F.conv2d(_upsampled(x, geom), _masked(weight, idx), bias, geom.stride, geom.padding,
+                 geom.dilation)
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+def conv2d_dx(dy, weight, idx, geom: ConvGeometry, input_hw):
+    u = geom.upsample
+    big_hw = (u * input_hw[0], u * input_hw[1])
+    dx = torch.nn.grad.conv2d_input((dy.shape[0], weight.shape[1], *big_hw), _masked(weight, idx),
+                                    dy, geom.stride, geom.padding, geom.dilation)
+    if u > 1:  # nearest upsampling's adjoint: sum each u×u patch
+        b, c = dx.shape[:2]
+        dx = dx.reshape(b, c, input_hw[0], u, input_hw[1], u).sum(dim=(3, 5))
+    return dx.contiguous(memory_format=torch.channels_last)
+
+
+def conv2d_dw(dy, x, weight, idx, geom: ConvGeometry, dense_dw):
+    dw = torch.nn.grad.conv2d_weight(_upsampled(x, geom), weight.shape, dy, geom.stride,
+                                     geom.padding, geom.dilation)
+    if not dense_dw:
+        dw = dw * _element_mask(weight, idx).to(dw.dtype)
+    return torch.empty_like(weight).copy_(dw)

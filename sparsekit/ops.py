@@ -1,0 +1,306 @@
+"""Block-sparse ops: torch.library custom ops with autograd and fake kernels, and dispatch.
+
+Public functions::
+
+    block_sparse_linear(x, weight, layout, bias=None)                    x [..., K] -> [..., N]
+    block_sparse_conv2d(x, weight, layout, bias=None, stride=1, padding=0, dilation=1, upsample=1)
+                                              x [B, C_in, H, W] (NCHW or NHWC) -> NHWC output
+
+Registered ops (``torch.ops.sparsekit.*``) take only tensors, ints and bools — a ``BlockLayout``
+cannot cross the torch.library boundary, so it is unpacked into its index tensors:
+
+    linear_fwd(x, weight, bias?, <layout>, dense_dw)            conv2d_fwd(x, weight, bias?, <layout>, <conv>, dense_dw)
+    linear_dx(dy, weight, <layout>)                             conv2d_dx(dy, weight, <layout>, <conv>, in_h, in_w)
+    linear_dw(dy, x, weight, <layout>, dense_dw)                conv2d_dw(dy, x, weight, <layout>, <conv>, dense_dw)
+
+with ``<layout> = bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK`` and
+``<conv> = stride[2], padding[2], dilation[2], upsample``. Backward computes dX through the
+transpose index and dW at kept blocks only (the full dense dW when ``layout.dense_dw`` is set);
+dW is skipped when the weight needs no gradient.
+
+Dispatch: ``set_backend(name)`` / ``SPARSEKIT_BACKEND`` force a backend ("reference", "cpu",
+"triton", "cuda"); "auto" (default) takes ``cpu`` for CPU tensors and ``triton`` for CUDA tensors
+when they support the call, else announces (once per reason) a fallback to ``reference``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .backends import BlockIndex
+from .geometry import ConvGeometry, empty_conv_input_grad, empty_conv_output, make_geometry
+from .layout import BlockLayout
+
+# ----------------------------------------------------------------------------------- dispatch
+_backend = "auto"
+_fallbacks: dict[str, str] = {}  # reason -> op, for the once-only warning and sparsekit.info
+
+
+def set_backend(name: str) -> None:
+    """Force a backend for every op ("auto", "reference", "cpu", "triton", "cuda")."""
+    if name != "auto" and name not in backends.NAMES:
+        raise ValueError(f"backend must be 'auto' or one of {backends.NAMES}, got {name!r}")
+    global _backend
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+def fallbacks_taken() -> dict[str, str]:
+    """Fallbacks to the reference backend seen in this process: {reason: first op}."""
+    return dict(_fallbacks)
+
+
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+
+
+def _select(op, x, weight, idx, geom=None):
+    if _backend != "auto":
+        module = backends.load(_backend)
+        reason = module.unsupported(op, x, weight, idx, geom)
+        if reason is not None:
+            raise NotImplementedError(f"sparsekit backend {_backend!r} cannot run {op}: {reason}")
+        return module
+    reasons = []
+    for name in _AUTO_ORDER.get(x.device.type, ()):
+        try:
+            module = backends.load(name)
+        except backends.BackendUnavailable as e:
+            reasons.append(str(e))
+            continue
+        reason = module.unsupported(op, x, weight, idx, geom)
+        if reason is None:
+            return module
+        reasons.append(f"{name}: {reason}")
+    reason = "; ".join(reasons) or f"no fast backend for device type {x.device.type!r}"
+    if reason not in _fallbacks:
+        _fallbacks[reason] = op
+        warnings.warn(f"sparsekit: {op} runs on the reference backend (masked dense torch): {reason}",
+                      stacklevel=3)
+    return backends.load("reference")
+
+
+def _idx(bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK):
+    return BlockIndex(bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK)
+
+
+def _geom(stride, padding, dilation, upsample):
+    return ConvGeometry(tuple(stride), tuple(padding), tuple(dilation), upsample)
+
+
+# ----------------------------------------------------------------------------------- linear ops
+@torch.library.custom_op("sparsekit::linear_fwd", mutates_args=())
+def linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], bitmap: Tensor, row_ptr: Tensor,
+               col_idx: Tensor, col_ptr: Tensor, row_idx: Tensor, block_row: Tensor, BN: int,
+               BK: int, dense_dw: bool) -> Tensor:
+    idx = _idx(bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK)
+    return _select("linear_fwd", x, weight, idx).linear_fwd(x, weight, bias, idx)
+
+
+@linear_fwd.register_fake
+def _(x, weight, bias, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK, dense_dw):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("sparsekit::linear_dx", mutates_args=())
+def linear_dx(dy: Tensor, weight: Tensor, bitmap: Tensor, row_ptr: Tensor, col_idx: Tensor,
+              col_ptr: Tensor, row_idx: Tensor, block_row: Tensor, BN: int, BK: int) -> Tensor:
+    idx = _idx(bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK)
+    return _select("linear_dx", dy, weight, idx).linear_dx(dy, weight, idx)
+
+
+@linear_dx.register_fake
+def _(dy, weight, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK):
+    return dy.new_empty((dy.shape[0], weight.shape[1]))
+
+
+@torch.library.custom_op("sparsekit::linear_dw", mutates_args=())
+def linear_dw(dy: Tensor, x: Tensor, weight: Tensor, bitmap: Tensor, row_ptr: Tensor,
+              col_idx: Tensor, col_ptr: Tensor, row_idx: Tensor, block_row: Tensor, BN: int,
+              BK: int, dense_dw: bool) -> Tensor:
+    idx = _idx(bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK)
+    return _select("linear_dw", dy, weight, idx).linear_dw(dy, x, weight, idx, dense_dw)
+
+
+@linear_dw.register_fake
+def _(dy, x, weight, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK, dense_dw):
+    return torch.empty_like(weight)
+
+
+def _linear_setup(ctx, inputs, output):
+    x, weight, bias, *layout, dense_dw = inputs
+    ctx.save_for_backward(x, weight, *layout[:6])
+    ctx.block = tuple(layout[6:8])
+    ctx.dense_dw = dense_dw
+
+
+def _linear_backward(ctx, dy):
+    x, weight, *layout = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    dy = dy.contiguous()
+    dx = torch.ops.sparsekit.linear_dx(dy, weight, *layout, *ctx.block) if need_x else None
+    dw = (torch.ops.sparsekit.linear_dw(dy, x, weight, *layout, *ctx.block, ctx.dense_dw)
+          if need_w else None)
+    db = dy.sum(0) if need_b else None
+    return (dx, dw, db) + (None,) * 9
+
+
+linear_fwd.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
+# ----------------------------------------------------------------------------------- conv ops
+@torch.library.custom_op("sparsekit::conv2d_fwd", mutates_args=())
+def conv2d_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], bitmap: Tensor, row_ptr: Tensor,
+               col_idx: Tensor, col_ptr: Tensor, row_idx: Tensor, block_row: Tensor, BN: int,
+               BK: int, stride: list[int], padding: list[int], dilation: list[int], upsample: int,
+               dense_dw: bool) -> Tensor:
+    idx = _idx(bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK)
+    geom = _geom(stride, padding, dilation, upsample)
+    return _select("conv2d_fwd", x, weight, idx, geom).conv2d_fwd(x, weight, bias, idx, geom)
+
+
+@conv2d_fwd.register_fake
+def _(x, weight, bias, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK, stride,
+      padding, dilation, upsample, dense_dw):
+    return empty_conv_output(x, weight, _geom(stride, padding, dilation, upsample))
+
+
+@torch.library.custom_op("sparsekit::conv2d_dx", mutates_args=())
+def conv2d_dx(dy: Tensor, weight: Tensor, bitmap: Tensor, row_ptr: Tensor, col_idx: Tensor,
+              col_ptr: Tensor, row_idx: Tensor, block_row: Tensor, BN: int, BK: int,
+              stride: list[int], padding: list[int], dilation: list[int], upsample: int,
+              in_h: int, in_w: int) -> Tensor:
+    idx = _idx(bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK)
+    geom = _geom(stride, padding, dilation, upsample)
+    return _select("conv2d_dx", dy, weight, idx, geom).conv2d_dx(dy, weight, idx, geom, (in_h, in_w))
+
+
+@conv2d_dx.register_fake
+def _(dy, weight, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK, stride, padding,
+      dilation, upsample, in_h, in_w):
+    return empty_conv_input_grad(dy, weight, (in_h, in_w))
+
+
+@torch.library.custom_op("sparsekit::conv2d_dw", mutates_args=())
+def conv2d_dw(dy: Tensor, x: Tensor, weight: Tensor, bitmap: Tensor, row_ptr: Tensor,
+              col_idx: Tensor, col_ptr: Tensor, row_idx: Tensor, block_row: Tensor, BN: int,
+              BK: int, stride: list[int], padding: list[int], dilation: list[int], upsample: int,
+              dense_dw: bool) -> Tensor:
+    idx = _idx(bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK)
+    geom = _geom(stride, padding, dilation, upsample)
+    return _select("conv2d_dw", dy, weight, idx, geom).conv2d_dw(dy, x, weight, idx, geom, dense_dw)
+
+
+@conv2d_dw.register_fake
+def _(dy, x, weight, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK, stride,
+      padding, dilation, upsample, dense_dw):
+    return torch.empty_like(weight)
+
+
+def _conv_setup(ctx, inputs, output):
+    x, weight, bias, *layout = inputs[:9]
+    ctx.save_for_backward(x, weight, *layout)
+    ctx.block_and_conv = tuple(inputs[9:15])  # BN, BK, stride, padding, dilation, upsample
+    ctx.dense_dw = inputs[15]
+
+
+def _conv_backward(ctx, dy):
+    x, weight, *layout = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    args = ctx.block_and_conv
+    dx = (torch.ops.sparsekit.conv2d_dx(dy, weight, *layout, *args, x.shape[2], x.shape[3])
+          if need_x else None)
+    dw = (torch.ops.sparsekit.conv2d_dw(dy, x, weight, *layout, *args, ctx.dense_dw)
+          if need_w else None)
+    db = dy.sum(dim=(0, 2, 3)) if need_b else None
+    return (dx, dw, db) + (None,) * 13
+
+
+conv2d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+# ----------------------------------------------------------------------------------- public API
+def _check_common(x, weight, layout, bias):
+    if not isinstance(layout, BlockLayout):
+        raise TypeError(f"layout must be a sparsekit.BlockLayout, got {type(layout).__name__}")
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x and weight must have the same dtype, got x {x.dtype} and weight {weight.dtype}")
+    if x.device != weight.device:
+        raise ValueError(f"x and weight must be on the same device, got x on {x.device} and "
+                         f"weight on {weight.device}")
+    if layout.bitmap.device != weight.device:
+        raise ValueError(f"layout lives on {layout.bitmap.device} but weight on {weight.device}: "
+                         "move the layout with the weight (.to(device))")
+    if tuple(weight.shape) != layout.weight_shape:
+        raise ValueError(f"layout was built for a weight of shape {layout.weight_shape}, "
+                         f"got weight of shape {tuple(weight.shape)}")
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        if bias.dtype != weight.dtype or bias.device != weight.device:
+            raise TypeError(f"bias must match weight's dtype and device ({weight.dtype}, {weight.device}), "
+                            f"got ({bias.dtype}, {bias.device})")
+
+
+def block_sparse_linear(x: Tensor, weight: Tensor, layout: BlockLayout,
+                        bias: Optional[Tensor] = None) -> Tensor:
+    """``y = x · (W ⊙ mask)ᵀ + bias`` reading only ``layout``'s kept blocks of ``weight [N, K]``.
+
+    ``x`` is ``[..., K]``; the result is ``[..., N]``.
+    """
+    _check_common(x, weight, layout, bias)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
+    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x must have shape [..., {weight.shape[1]}] (in_features), got {tuple(x.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, weight.shape[1]).contiguous()
+    y = torch.ops.sparsekit.linear_fwd(x2, weight.contiguous(), bias, *layout.index_tensors(),
+                                       *layout.block, layout.dense_dw)
+    return y.reshape(*lead, weight.shape[0])
+
+
+def block_sparse_conv2d(x: Tensor, weight: Tensor, layout: BlockLayout, bias: Optional[Tensor] = None,
+                        stride=1, padding=0, dilation=1, upsample: int = 1) -> Tensor:
+    """2-D convolution with a block-sparse ``weight [C_out, C_in, kh, kw]`` (groups = 1).
+
+    ``x`` is ``[B, C_in, H, W]`` in NCHW or channels_last memory; with ``upsample = u`` the conv
+    reads ``x`` nearest-upsampled by ``u`` (never materialised). The result is
+    ``[B, C_out, H_out, W_out]`` in channels_last memory.
+    """
+    _check_common(x, weight, layout, bias)
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4-D [C_out, C_in, kh, kw], got shape {tuple(weight.shape)}")
+    if x.dim() != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x must have shape [B, {weight.shape[1]}, H, W] (C_in = weight.shape[1]), "
+                         f"got {tuple(x.shape)}")
+    geom = make_geometry(stride, padding, dilation, upsample)
+    h_out, w_out = geom.output_hw(x.shape[2:], weight.shape[2:])
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"the conv's output would be empty ({h_out}×{w_out}) for input "
+                         f"{tuple(x.shape[2:])}, kernel {tuple(weight.shape[2:])} and {geom}")
+    cl = torch.channels_last
+    return torch.ops.sparsekit.conv2d_fwd(
+        x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl), bias,
+        *layout.index_tensors(), *layout.block, list(geom.stride), list(geom.padding),
+        list(geom.dilation), geom.upsample, layout.dense_dw)
+
+
+if os.environ.get("SPARSEKIT_BACKEND"):
+    set_backend(os.environ["SPARSEKIT_BACKEND"])
