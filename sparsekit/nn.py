@@ -82,7 +82,7 @@ class SparseLinear(_SparseMixin, nn.Module):
         self.weight, self.bias = linear.weight, linear.bias
         self.layout = BlockLayout(self.weight.shape, block, device=self.weight.device)
         self.register_load_state_dict_post_hook(_after_load)
-        if density < 1.0:
+        if _check_density(density) < 1.0:
             self._init_layout(density, "random")
 
     @classmethod
@@ -135,7 +135,7 @@ class SparseConv2d(_SparseMixin, nn.Module):
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          bias=bias, device=device, dtype=dtype)
         self._setup(conv, upsample, block)
-        if density < 1.0:
+        if _check_density(density) < 1.0:
             self._init_layout(density, "random")
 
     def _setup(self, conv, upsample, block):

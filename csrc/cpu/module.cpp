@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -23,7 +24,10 @@ namespace {
 
 constexpr size_t kProblemFields = 22;
 
+// SPARSEKIT_CPU_ISA=generic forces the portable kernels (to test them on an AVX-512 machine).
 bool has_avx512() {
+  const char* forced = std::getenv("SPARSEKIT_CPU_ISA");
+  if (forced && std::string(forced) == "generic") return false;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f");

@@ -1,0 +1,102 @@
+"""SparseLinear / SparseConv2d / sparsify: drop-in behaviour, Parameters kept, checkpoints."""
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+from sparsekit import SparseConv2d, SparseLinear, sparsify
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_from_dense_keeps_parameter_objects_and_masks():
+    conv = nn.Conv2d(32, 64, 3, padding=1)
+    weight, bias = conv.weight, conv.bias
+    opt = torch.optim.SGD(conv.parameters(), lr=0.1)
+    sparse = SparseConv2d.from_dense(conv, density=0.25, block=(16, 16))
+    assert sparse.weight is weight and sparse.bias is bias
+    assert sparse.weight.is_contiguous(memory_format=torch.channels_last)
+    assert (sparse.weight[~sparse.layout.element_mask()] == 0).all()
+    assert abs(sparse.density() - 0.25) < 1e-6
+    sparse(torch.randn(2, 32, 8, 8)).sum().backward()
+    before = weight.detach().clone()
+    opt.step()  # the optimizer built before sparsifying steps the live weight
+    assert not torch.equal(before, weight.detach())
+
+
+def test_sparse_layers_equal_masked_dense_layers():
+    torch.manual_seed(0)
+    lin = SparseLinear(40, 24, block=(16, 16), density=0.5)
+    x = torch.randn(5, 40)
+    torch.testing.assert_close(lin(x), lin.to_dense()(x), rtol=1e-5, atol=1e-5)
+    conv = SparseConv2d(16, 32, 3, stride=2, padding=1, block=(16, 16), density=0.5)
+    x = torch.randn(2, 16, 9, 9)
+    torch.testing.assert_close(conv(x), conv.to_dense()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_upsample_equals_upsample_then_conv():
+    torch.manual_seed(0)
+    conv = SparseConv2d(16, 16, 3, padding=1, upsample=2, block=(16, 16), density=0.5)
+    plain = SparseConv2d(16, 16, 3, padding=1, block=(16, 16))
+    plain.weight.data.copy_(conv.weight.data)
+    plain.bias.data.copy_(conv.bias.data)
+    plain.layout.update(conv.layout.bitmap)
+    x = torch.randn(2, 16, 5, 5)
+    up = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    torch.testing.assert_close(conv(x), plain(up), rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_include_exclude():
+    model = Tiny()
+    sparsify(model, density=0.5, block=(16, 16), exclude=["stem"])
+    assert isinstance(model.stem, nn.Conv2d)
+    assert isinstance(model.body[1], SparseConv2d) and isinstance(model.head, SparseLinear)
+    assert [n for n, _ in sparsekit.sparse_layers(model)] == ["body.1", "head"]
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+
+
+def test_sparsify_refuses_unknown_names():
+    with pytest.raises(ValueError, match="matches no nn.Linear/nn.Conv2d"):
+        sparsify(Tiny(), density=0.5, block=(16, 16), include=["nope*"])
+    with pytest.raises(ValueError, match="unknown layers"):
+        sparsify(Tiny(), density={"nope": 0.5}, block=(16, 16))
+
+
+def test_from_dense_refuses_spectral_norm():
+    conv = nn.utils.parametrizations.spectral_norm(nn.Conv2d(8, 8, 3))
+    with pytest.raises(ValueError, match="spectral norm"):
+        SparseConv2d.from_dense(conv, density=0.5, block=(8, 8))
+
+
+def test_state_dict_round_trip_and_dense_checkpoint_load():
+    torch.manual_seed(0)
+    a = SparseConv2d(16, 32, 3, padding=1, block=(16, 16), density=0.4)
+    b = SparseConv2d(16, 32, 3, padding=1, block=(16, 16), density=0.9)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.layout.bitmap, b.layout.bitmap) and torch.equal(a.weight, b.weight)
+    x = torch.randn(2, 16, 6, 6)
+    torch.testing.assert_close(a(x), b(x))
+    # A dense nn.Conv2d checkpoint loads into the sparse layer and is masked with its layout.
+    dense = nn.Conv2d(16, 32, 3, padding=1)
+    a.load_state_dict(dense.state_dict())
+    assert torch.equal(a.weight, dense.weight * a.layout.element_mask())
+
+
+def test_unstructured_falls_back_to_reference_with_a_warning():
+    import sparsekit.ops as ops
+
+    ops._fallbacks.clear()
+    lin = SparseLinear(8, 8, block=(1, 1), density=0.5)
+    with pytest.warns(UserWarning, match="unstructured"):
+        lin(torch.randn(2, 8))
+    torch.testing.assert_close(lin(torch.randn(2, 8)) * 0, torch.zeros(2, 8))
