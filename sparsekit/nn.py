@@ -20,16 +20,28 @@ from .layout import BlockLayout, _check_density
 from .ops import block_sparse_conv2d, block_sparse_linear
 
 
+def weight_parameter(module: nn.Module) -> nn.Parameter:
+    """The Parameter behind ``module.weight``: under spectral norm (or another parametrization)
+    the stored ``original``, never the computed weight (computing it would run a power
+    iteration)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    if hasattr(module, "weight_orig"):  # legacy torch.nn.utils.spectral_norm
+        return module.weight_orig
+    return module.weight
+
+
 class _SparseMixin:
-    """Masking, layout initialisation and dense-checkpoint loading shared by both layers."""
+    """Masking and layout initialisation shared by both layers."""
 
     layout: BlockLayout
     weight: nn.Parameter
 
     @torch.no_grad()
     def apply_mask_(self):
-        """Zero the weight outside kept blocks (after an optimizer step, or a new layout)."""
-        self.weight.mul_(self.layout.element_mask().to(self.weight.dtype))
+        """Zero the stored weight outside kept blocks (after an optimizer step, a new layout or a
+        checkpoint load); under spectral norm it masks the parametrization's original."""
+        weight_parameter(self).masked_fill_(~self.layout.element_mask(), 0.0)
         return self
 
     def _init_layout(self, density, init, generator=None):
@@ -109,7 +121,7 @@ class SparseLinear(_SparseMixin, nn.Module):
         dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                           device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
-            dense.weight.copy_(self.weight * self.layout.element_mask())
+            dense.weight.copy_(weight_parameter(self) * self.layout.element_mask())
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         return dense
@@ -177,7 +189,7 @@ class SparseConv2d(_SparseMixin, nn.Module):
                           self.padding, self.dilation, bias=self.bias is not None,
                           device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
-            dense.weight.copy_(self.weight * self.layout.element_mask())
+            dense.weight.copy_(weight_parameter(self) * self.layout.element_mask())
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
         return dense
@@ -249,4 +261,4 @@ def sparse_layers(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))]
 
 
-__all__ = ["SparseLinear", "SparseConv2d", "sparsify", "sparse_layers"]
+__all__ = ["SparseLinear", "SparseConv2d", "sparsify", "sparse_layers", "weight_parameter"]

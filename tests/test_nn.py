@@ -100,3 +100,15 @@ def test_unstructured_falls_back_to_reference_with_a_warning():
     with pytest.warns(UserWarning, match="unstructured"):
         lin(torch.randn(2, 8))
     torch.testing.assert_close(lin(torch.randn(2, 8)) * 0, torch.zeros(2, 8))
+
+
+def test_spectral_norm_state_survives_a_checkpoint_load():
+    """Masking after a load must touch the stored weight, not run spectral norm's power iteration."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    a = spectral_norm(SparseConv2d(16, 16, 3, block=(16, 16), density=0.5))
+    b = spectral_norm(SparseConv2d(16, 16, 3, block=(16, 16), density=0.5))
+    a(torch.randn(2, 16, 5, 5))
+    b.load_state_dict(a.state_dict())
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key

@@ -1,0 +1,1 @@
+"""Benchmark suites (pytest-benchmark) and the report generator (``python -m benchmarks.report``)."""

@@ -1,0 +1,111 @@
+"""Callables that run one layer pass with one implementation, for the benchmark suites.
+
+Implementations: ``dense`` (torch: oneDNN / cuDNN / cuBLAS), ``sparse:<backend>`` (sparsekit with
+that backend forced), ``bsr`` (torch's own BSR matmul on the same mask; linear and 1×1 only).
+Passes: ``fwd``, ``dx``, ``dw``, ``fwd+bwd``. GPU callables synchronise before returning.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import sparsekit
+from sparsekit import BlockLayout
+
+from .shapes import LayerCase
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_inputs(case: LayerCase, batch, density, block, device, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(case.weight_shape(), generator=g).to(device, dtype)
+    x = torch.randn(case.input_shape(batch), generator=g).to(device, dtype)
+    if case.kind == "conv":
+        w = w.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    layout = BlockLayout.random(w.shape, block, density, generator=g).to(device)
+    with torch.no_grad():
+        w.mul_(layout.element_mask())
+    return x, w, layout
+
+
+def _dense_forward(case, x, w):
+    if case.kind == "linear":
+        return F.linear(x, w)
+    if case.upsample > 1:
+        x = F.interpolate(x, scale_factor=case.upsample, mode="nearest")
+    return F.conv2d(x, w, stride=case.stride, padding=case.padding)
+
+
+def _sparse_forward(case, x, w, layout):
+    if case.kind == "linear":
+        return sparsekit.block_sparse_linear(x, w, layout)
+    return sparsekit.block_sparse_conv2d(x, w, layout, stride=case.stride, padding=case.padding,
+                                         upsample=case.upsample)
+
+
+def _bsr_forward(case, x, w_bsr):
+    """y = x · Wᵀ through torch's BSR kernels: (W_bsr @ xᵀ)ᵀ; 1×1 convs as a GEMM over pixels."""
+    if case.kind == "linear":
+        return (w_bsr @ x.t()).t()
+    b, c, h, wd = x.shape
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, c)
+    return (w_bsr @ pixels.t()).t().reshape(b, h, wd, -1)
+
+
+def bsr_applies(case: LayerCase):
+    return case.kind == "linear" or (case.kernel == 1 and case.stride == 1 and case.upsample == 1)
+
+
+def make_runner(case: LayerCase, impl: str, pass_: str, x, w, layout):
+    """A zero-argument callable running ``pass_`` of ``case`` with ``impl``."""
+    device = x.device
+    if impl == "bsr":
+        if pass_ != "fwd":
+            raise ValueError("torch BSR is benchmarked on the forward only")
+        w_bsr = w.reshape(w.shape[0], -1).contiguous().to_sparse_bsr(layout.block)
+
+        def run():
+            _bsr_forward(case, x, w_bsr)
+            _sync(device)
+        return run
+
+    sparse = impl.startswith("sparse:")
+    forward = (lambda x, w: _sparse_forward(case, x, w, layout)) if sparse else \
+        (lambda x, w: _dense_forward(case, x, w))
+    if sparse:
+        sparsekit.set_backend(impl.split(":", 1)[1])
+    if pass_ == "fwd":
+        def run():
+            with torch.no_grad():
+                forward(x, w)
+            _sync(device)
+        return run
+
+    xg, wg = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    if pass_ == "fwd+bwd":
+        def run():
+            xg.grad = wg.grad = None
+            y = forward(xg, wg)
+            y.backward(torch.ones_like(y))
+            _sync(device)
+        return run
+
+    if pass_ not in ("dx", "dw"):
+        raise ValueError(f"pass must be fwd, dx, dw or fwd+bwd, got {pass_!r}")
+    # dX alone / dW alone: the other operand needs no grad, so its backward pass is skipped.
+    xg.requires_grad_(pass_ == "dx")
+    wg.requires_grad_(pass_ == "dw")
+    target = xg if pass_ == "dx" else wg
+    y = forward(xg, wg)
+    dy = torch.randn_like(y)
+
+    def run():
+        torch.autograd.grad(y, (target,), dy, retain_graph=True)
+        _sync(device)
+    return run
