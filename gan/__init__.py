@@ -1,0 +1,1 @@
+"""gan: a sparse GAN trainer on top of sparsekit (``python -m gan.train``)."""

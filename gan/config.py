@@ -1,0 +1,185 @@
+"""The trainer's configuration: one dataclass, its command line, and its validation.
+
+Every flag of ``python -m gan.train`` is a field here with its help text; ``None`` means "the
+method preset's value" (sparsekit.dst.presets). The run directory's ``config.json`` is this
+dataclass, so ``--resume DIR`` rebuilds exactly the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from sparsekit.dst.presets import PRESETS
+
+from .losses import LOSSES
+from .metrics.suite import METRICS
+from .models import MODELS
+
+METHODS = ("dense",) + tuple(sorted(PRESETS))
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def _h(text, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class Config:
+    method: str = _h("dense, or a sparse-training preset of sparsekit.dst (static, set, rigl, "
+                     "stu-gan, sdst, ddst, ddst-strict, lottery)", default="stu-gan")
+    model: str = _h(f"architecture pair: {', '.join(MODELS)}", default="dcgan")
+    width: float = _h("channel-width multiplier of both networks", default=0.5)
+    data: str = _h("'digits' (embedded), 'cifar10:/path' (python pickle batches) or 'folder:/path'",
+                   default="digits")
+    steps: int = _h("total generator iterations", default=800)
+    batch_size: int = _h("images per batch (real and fake)", default=64)
+    n_dis: Optional[int] = _h("discriminator steps per generator step (default: 5 for sngan, 1 for "
+                              "dcgan)", default=None)
+    loss: str = _h(f"GAN loss: {', '.join(LOSSES)}", default="hinge")
+    lr_g: float = _h("generator Adam learning rate", default=2e-4)
+    lr_d: float = _h("discriminator Adam learning rate", default=2e-4)
+    beta1: float = _h("Adam beta1", default=0.0)
+    beta2: float = _h("Adam beta2", default=0.9)
+    lr_decay: str = _h("learning-rate schedule: 'linear' (to 0 at --steps) or 'none'", default="linear")
+    ema: float = _h("decay of the generator's EMA copy, evaluated and sampled (0 disables)",
+                    default=0.999)
+    g_density: Optional[float] = _h("generator density (fraction of managed weights kept)", default=None)
+    d_density: Optional[float] = _h("discriminator density", default=None)
+    block: str = _h("sparse block BNxBK (e.g. 16x16, 32x32, 16x64) or 'unstructured' (1x1, runs on "
+                    "the reference backend)", default="16x16")
+    distribution: Optional[str] = _h("per-layer densities: erk or uniform", default=None)
+    update_every: Optional[int] = _h("mask-update period ΔT in generator iterations (never scaled)",
+                                     default=None)
+    prune_fraction: Optional[float] = _h("initial prune fraction p0 of each mask update", default=None)
+    paper_exact: bool = _h("keep the papers' periods (ΔT, DDST period, BR window) instead of "
+                           "scaling them by steps/100k (floor 10)", default=False)
+    backend: str = _h("sparsekit backend: auto, reference, cpu, triton, cuda", default="auto")
+    precision: str = _h("fp32 (IEEE), tf32 (CUDA matmul/conv in TF32) or bf16", default="fp32")
+    device: str = _h("cpu or cuda", default="cpu")
+    seed: int = _h("seed of everything (init, masks, data order, noise)", default=0)
+    eval_every: Optional[int] = _h("evaluate every N iterations (default: steps/4; 0: only at the end)",
+                                   default=None)
+    eval_samples: int = _h("generated images per evaluation", default=1000)
+    metrics: str = _h(f"comma-separated metrics: {', '.join(METRICS)} (fid/is need "
+                      "--inception-weights)", default="fd_digits,coverage")
+    inception_weights: Optional[str] = _h("local torch-fidelity InceptionV3 weights file for fid/is",
+                                          default=None)
+    sample_every: Optional[int] = _h("write a sample grid every N iterations (default: steps/8)",
+                                     default=None)
+    ckpt_every: Optional[int] = _h("checkpoint every N iterations (default: steps/4); always at the end",
+                                   default=None)
+    log_every: int = _h("log losses every N iterations", default=10)
+    tensorboard: bool = _h("also write TensorBoard logs (needs the tensorboard package)", default=False)
+    rounds: int = _h("lottery: IMP rounds after the dense round", default=2)
+    prune_rate: float = _h("lottery: share of the remaining weights pruned per round", default=0.2)
+    rewind_step: int = _h("lottery: rewind survivors to their values at this iteration (0 = init)",
+                          default=0)
+
+    # ------------------------------------------------------------------ derived values
+    def block_shape(self):
+        if self.block == "unstructured":
+            return (1, 1)
+        try:
+            bn, bk = (int(v) for v in self.block.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--block must be BNxBK (e.g. 32x32) or 'unstructured', got {self.block!r}") from None
+        if bn < 1 or bk < 1:
+            raise ValueError(f"--block sides must be positive, got {self.block!r}")
+        return (bn, bk)
+
+    def resolved_n_dis(self):
+        return self.n_dis if self.n_dis is not None else (5 if self.model == "sngan" else 1)
+
+    def period(self, value, fraction):
+        return value if value is not None else max(1, self.steps // fraction)
+
+    def metric_names(self):
+        return tuple(m for m in self.metrics.split(",") if m)
+
+    def validate(self):
+        """Raise ValueError naming the flag for any bad value."""
+        choices = dict(method=METHODS, model=MODELS, loss=LOSSES, precision=PRECISIONS,
+                       lr_decay=("linear", "none"), device=("cpu", "cuda"),
+                       backend=("auto", "reference", "cpu", "triton", "cuda"))
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.distribution not in (None, "erk", "uniform"):
+            raise ValueError(f"--distribution must be erk or uniform, got {self.distribution!r}")
+        positive = ["steps", "batch_size", "eval_samples", "log_every"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in ("n_dis", "update_every", "sample_every", "ckpt_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.eval_every is not None and self.eval_every < 0:
+            raise ValueError(f"--eval-every must be >= 0, got {self.eval_every}")
+        for name in ("g_density", "d_density"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
+        if self.prune_fraction is not None and not 0.0 <= self.prune_fraction <= 1.0:
+            raise ValueError(f"--prune-fraction must be in [0, 1], got {self.prune_fraction}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.width <= 0:
+            raise ValueError(f"--width must be > 0, got {self.width}")
+        if not 0.0 < self.prune_rate < 1.0:
+            raise ValueError(f"--prune-rate must be in (0, 1), got {self.prune_rate}")
+        if self.rounds < 1 or self.rewind_step < 0:
+            raise ValueError("--rounds must be >= 1 and --rewind-step >= 0")
+        unknown = set(self.metric_names()) - set(METRICS)
+        if unknown:
+            raise ValueError(f"--metrics: unknown {sorted(unknown)}; known: {', '.join(METRICS)}")
+        self.block_shape()
+        return self
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    """One ``--flag`` per Config field, help text from the field, default None (= unset)."""
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", default=None,
+                                help=f.metadata["help"])
+            continue
+        kind = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(
+            f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""), str)
+        shown = "preset" if default is None else default
+        parser.add_argument(flag, type=kind, default=None,
+                            help=f"{f.metadata['help']} (default: {shown})")
+
+
+def from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """A Config from parsed flags over ``base`` (defaults when None)."""
+    cfg = dataclasses.replace(base) if base is not None else Config()
+    for f in dataclasses.fields(Config):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(cfg, f.name, value)
+    return cfg
+
+
+def given_flags(args: argparse.Namespace):
+    return [f.name for f in dataclasses.fields(Config) if getattr(args, f.name, None) is not None]
+
+
+def load_json(path) -> Config:
+    with open(path) as f:
+        values = json.load(f)
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+    return Config(**values)

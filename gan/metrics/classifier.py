@@ -1,0 +1,93 @@
+"""A small digit classifier whose features make a weights-free quality metric.
+
+Trained once on the embedded digits (fixed seed, ~10 s on 2 CPU cores) and cached under
+``$SPARSEKIT_CACHE`` (default ``~/.cache/sparsekit``), keyed by a hash of the data and of this
+architecture's version, so every run measures with the same network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VERSION = 1
+FEATURES = 128
+
+
+class DigitFeatures(nn.Module):
+    """[B, 3, 32, 32] in [-1, 1] → features [B, 128] (``features``) or logits [B, classes]."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(64 * 4 * 4, FEATURES)
+        self.head = nn.Linear(FEATURES, num_classes)
+
+    def features(self, x):
+        return F.relu(self.fc(self.convs(x).flatten(1)))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _cache_path(images):
+    root = os.environ.get("SPARSEKIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "sparsekit"))
+    digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
+    return os.path.join(root, f"digit_classifier_v{VERSION}_{digest}.pt")
+
+
+def train_classifier(images, labels, num_classes, epochs=12, seed=0):
+    """Train on 90 % of the images; returns (model, held-out accuracy)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = DigitFeatures(num_classes)
+    order = torch.randperm(len(images), generator=g)
+    n_val = max(1, len(images) // 10)
+    val, train = order[:n_val], order[n_val:]
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    with torch.enable_grad():  # callers may evaluate under no_grad
+        _fit(model, opt, images, labels, train, epochs, g)
+    model.eval()
+    with torch.no_grad():
+        acc = (model(images[val]).argmax(1) == labels[val]).float().mean().item()
+    return model, acc
+
+
+def _fit(model, opt, images, labels, train, epochs, g):
+    for _ in range(epochs):
+        perm = train[torch.randperm(len(train), generator=g)]
+        for i in range(0, len(perm), 64):
+            idx = perm[i:i + 64]
+            x = images[idx] + 0.05 * torch.randn(images[idx].shape, generator=g)  # mild robustness
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def load_or_train_classifier(data):
+    """The cached classifier for ``data`` (an ``ImageData``), training and caching it if needed."""
+    path = _cache_path(data.images)
+    model = DigitFeatures(data.num_classes)
+    if os.path.isfile(path):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            model.eval()
+            return model, state["accuracy"]
+        except (RuntimeError, KeyError, EOFError):
+            pass  # a stale or corrupt cache entry is rebuilt below
+    model, acc = train_classifier(data.images, data.labels, data.num_classes)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
+    torch.save({"model": model.state_dict(), "accuracy": acc}, tmp)
+    os.replace(tmp, path)
+    return model, acc

@@ -1,0 +1,84 @@
+"""``evaluate``: compute the named metrics of a generator against a dataset.
+
+Names (see the package docstring): ``fd_digits``, ``coverage`` (adds ``coverage_kl``), ``fid``,
+``is``. ``fid``/``is`` need ``inception_weights`` (torch-fidelity's
+``weights-inception-2015-12-05`` file); asking for them without it is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .classifier import load_or_train_classifier
+from .frechet import frechet_distance
+
+METRICS = ("fd_digits", "coverage", "fid", "is")
+
+
+def _batched(fn, images, batch=256):
+    return torch.cat([fn(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def _inception(path, features_list):
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    return NoTrainInceptionV3(name="inception-v3-compat", features_list=features_list,
+                              feature_extractor_weights_path=path)
+
+
+def _to_uint8(images):
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def inception_metrics(real, fake, weights_path, names):
+    """FID (``fid``) and Inception Score (``is``) with InceptionV3 weights from ``weights_path``."""
+    if not weights_path or not os.path.isfile(weights_path):
+        raise FileNotFoundError(
+            f"fid/is need torch-fidelity's InceptionV3 weights file (--inception-weights); "
+            f"got {weights_path!r}. Without network access it must be a local copy of "
+            "weights-inception-2015-12-05-6726825d.pth")
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+
+    out = {}
+    if "fid" in names:
+        fid = FrechetInceptionDistance(feature=_inception(weights_path, ["2048"]))
+        for i in range(0, len(real), 100):
+            fid.update(_to_uint8(real[i:i + 100]), real=True)
+        for i in range(0, len(fake), 100):
+            fid.update(_to_uint8(fake[i:i + 100]), real=False)
+        out["fid"] = float(fid.compute())
+    if "is" in names:
+        score = InceptionScore(feature=_inception(weights_path, ["logits_unbiased"]), splits=1)
+        for i in range(0, len(fake), 100):
+            score.update(_to_uint8(fake[i:i + 100]))
+        out["is"] = float(score.compute()[0])
+    return out
+
+
+@torch.no_grad()
+def evaluate(fake_images, data, names=("fd_digits", "coverage"), inception_weights=None):
+    """Metrics of ``fake_images [N, 3, 32, 32]`` in [-1, 1] against ``data`` (an ImageData)."""
+    unknown = set(names) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {METRICS}")
+    fake = fake_images.float().contiguous()
+    out = {}
+    if "fd_digits" in names or "coverage" in names:
+        classifier, _ = load_or_train_classifier(data)
+        if "fd_digits" in names:
+            real_f = _batched(classifier.features, data.images)
+            fake_f = _batched(classifier.features, fake)
+            out["fd_digits"] = frechet_distance(real_f, fake_f)
+        if "coverage" in names:
+            pred = _batched(classifier, fake).argmax(1)
+            hist = torch.bincount(pred, minlength=data.num_classes).double() / len(pred)
+            out["coverage"] = float((hist > 0.5 / data.num_classes).double().mean())
+            nz = hist[hist > 0]
+            out["coverage_kl"] = float((nz * (nz * data.num_classes).log()).sum())
+    if "fid" in names or "is" in names:
+        out.update(inception_metrics(data.images, fake, inception_weights, names))
+    return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}

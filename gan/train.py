@@ -1,0 +1,184 @@
+"""``python -m gan.train``: train a sparse GAN and write a run directory.
+
+With no arguments: STU-GAN (G 20 % / D 50 % dense, 16×16 blocks) on a small DCGAN pair, on the
+embedded digits, on CPU, in a few minutes. The run directory (``--out``, default
+``runs/<method>-<model>-s<seed>``) receives::
+
+    config.json      the full configuration (what --resume rebuilds)
+    log.csv          losses, balance ratio, densities every --log-every iterations
+    metrics.jsonl    one line per evaluation {iteration, metrics...}
+    samples/         PNG grids of the EMA generator at fixed noise; samples/latest.png
+    checkpoint.pt    everything needed to continue bit-identically (written atomically)
+    summary.json     method, seed, steps, wall time, time per iteration, densities, metrics
+
+``--resume DIR`` continues DIR's run with its saved configuration; only ``--steps`` may change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Config, add_arguments, from_args, given_flags, load_json
+from .data import load as load_data
+from .images import save_grid
+from .metrics import evaluate
+from .trainer import Trainer, finite
+
+LOG_FIELDS = ["iteration", "d_loss", "g_loss", "br", "br_window", "density_G", "density_D",
+              "lr_scale", "sec_per_iter"]
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m gan.train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", help="run directory (default: runs/<method>-<model>-s<seed>)")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (only --steps may change)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            extra = [f for f in given_flags(args) if f != "steps"]
+            if extra or args.out:
+                parser.error(f"--resume takes only --steps; also given: "
+                             f"{', '.join('--' + f.replace('_', '-') for f in extra + (['out'] if args.out else []))}")
+            config_path = os.path.join(args.resume, "config.json")
+            if not os.path.isfile(config_path):
+                parser.error(f"--resume {args.resume}: no config.json there")
+            cfg = from_args(args, load_json(config_path)).validate()
+            return cfg, args.resume, True
+        cfg = from_args(args).validate()
+    except ValueError as e:
+        parser.error(str(e))
+    out = args.out or os.path.join("runs", f"{cfg.method}-{cfg.model}-s{cfg.seed}")
+    return cfg, out, False
+
+
+class RunLog:
+    """CSV + JSONL (+ optional TensorBoard) writers of one run directory."""
+
+    def __init__(self, out, resume, tensorboard):
+        self.out = out
+        mode = "a" if resume else "w"
+        self.csv_file = open(os.path.join(out, "log.csv"), mode, newline="")
+        self.csv = csv.DictWriter(self.csv_file, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        if not resume:
+            self.csv.writeheader()
+        self.jsonl = open(os.path.join(out, "metrics.jsonl"), mode)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise SystemExit(f"--tensorboard needs the tensorboard package ({e}); pip install tensorboard")
+            self.tb = SummaryWriter(os.path.join(out, "tensorboard"))
+
+    def row(self, row):
+        self.csv.writerow(row)
+        self.csv_file.flush()
+        if self.tb:
+            for k, v in row.items():
+                if k != "iteration" and finite(v) is not None:
+                    self.tb.add_scalar(f"train/{k}", v, row["iteration"])
+
+    def metrics(self, iteration, values):
+        self.jsonl.write(json.dumps({"iteration": iteration, **values}) + "\n")
+        self.jsonl.flush()
+        if self.tb:
+            for k, v in values.items():
+                if finite(v) is not None:
+                    self.tb.add_scalar(f"eval/{k}", v, iteration)
+
+    def close(self):
+        self.csv_file.close()
+        self.jsonl.close()
+        if self.tb:
+            self.tb.close()
+
+
+def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, data=None):
+    """Train (or continue) the run in ``out``; returns ``(summary dict, trainer)``.
+
+    ``setup(trainer)`` runs once before training (e.g. to install a lottery ticket);
+    ``on_step(trainer)`` after every iteration.
+    """
+    os.makedirs(out, exist_ok=True)
+    data = data if data is not None else load_data(cfg.data)
+    trainer = Trainer(cfg, data)
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    if resume:
+        trainer.load_state_dict(checkpoint.load(ckpt_path))
+    if setup is not None:
+        setup(trainer)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+    log = RunLog(out, resume, cfg.tensorboard)
+    sample_every, ckpt_every = cfg.period(cfg.sample_every, 8), cfg.period(cfg.ckpt_every, 4)
+    eval_every = cfg.period(cfg.eval_every, 4) if cfg.eval_every != 0 else 0
+    metrics, wall_start = {}, time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=trainer.iteration, desc=f"{cfg.method} {cfg.model}",
+               unit="it", dynamic_ncols=True, disable=None)
+    try:
+        while trainer.iteration < cfg.steps:
+            row = trainer.train_step()
+            it = trainer.iteration
+            if on_step is not None:
+                on_step(trainer)
+            if it % cfg.log_every == 0 or it == cfg.steps:
+                row.update(lr_scale=trainer._lr_scale(it), sec_per_iter=trainer.train_seconds / it)
+                log.row(row)
+            bar.update(1)
+            bar.set_postfix(d=f"{row['d_loss']:.3f}", g=f"{row['g_loss']:.3f}",
+                            G=f"{row['density_G']:.2f}", D=f"{row['density_D']:.2f}",
+                            br=f"{row['br_window']:.2f}")
+            if it % sample_every == 0 or it == cfg.steps:
+                grid = trainer.sample(z=trainer.fixed_z)
+                save_grid(grid, os.path.join(out, "samples", f"iter_{it:06d}.png"), nrow=8)
+                save_grid(grid, os.path.join(out, "samples", "latest.png"), nrow=8)
+            if (eval_every and it % eval_every == 0) or it == cfg.steps:
+                metrics = evaluate(trainer.sample(cfg.eval_samples), data, cfg.metric_names(),
+                                   cfg.inception_weights)
+                log.metrics(it, metrics)
+                bar.write(f"[{it}] " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            if it % ckpt_every == 0 or it == cfg.steps:
+                checkpoint.save(trainer.state_dict(), ckpt_path)
+    finally:
+        bar.close()
+        log.close()
+    summary = {
+        "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "steps": cfg.steps,
+        "wall_time_s": time.perf_counter() - wall_start,
+        "train_time_s": trainer.train_seconds,
+        "sec_per_iter": trainer.train_seconds / max(1, trainer.iteration),
+        "densities": {"G": trainer.densities()["density_G"], "D": trainer.densities()["density_D"]},
+        "metrics": metrics,
+    }
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary, trainer
+
+
+def main(argv=None):
+    cfg, out, resume = parse(argv)
+    if cfg.method == "lottery":
+        from .lottery import run_lottery
+
+        if resume:
+            raise SystemExit("--resume is not supported for --method lottery (rerun the rounds)")
+        summary = run_lottery(cfg, out)
+    else:
+        summary, _ = run(cfg, out, resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

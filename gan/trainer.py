@@ -1,0 +1,220 @@
+"""The GAN training loop with sparse networks: one ``Trainer`` per run directory.
+
+Construction order (DESIGN.md §4): build G and D dense → their Adam optimizers → the DST engines
+(which sparsify the networks in place, keeping the Parameter objects the optimizers hold) →
+spectral norm on every D layer → the sparse EMA copy of G. Each iteration runs ``n_dis`` D steps
+then one G step; engines are stepped after every optimizer step with the generator iteration, so
+their schedules count generator iterations. Every ``br_every`` iterations the balance ratio gets a
+sample: D(G_before(z)), D(G_after(z)) with the same z, and D(x) of the last real batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+import sparsekit
+from sparsekit.dst import BalanceRatio, DDSTController, DynamicSparsity
+from sparsekit.dst.presets import get_preset
+
+from . import losses
+from .config import Config
+from .data import ImageData, InfiniteBatches
+from .models import build
+
+SN_TYPES = (nn.Conv2d, nn.Linear, sparsekit.SparseConv2d, sparsekit.SparseLinear)
+
+
+def _set_precision(cfg: Config):
+    if cfg.precision == "bf16":
+        raise ValueError("--precision bf16 is not supported by the trainer yet (the kernels are; "
+                         "mixed-precision training is future work): use fp32 or tf32")
+    tf32 = cfg.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+class Trainer:
+    """Owns the models, optimizers, engines, EMA, data stream and noise of one run."""
+
+    def __init__(self, cfg: Config, data: ImageData):
+        cfg.validate()
+        _set_precision(cfg)
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here")
+        sparsekit.set_backend(cfg.backend)
+        self.cfg, self.data = cfg, data
+        self.device = torch.device(cfg.device)
+        self.n_dis = cfg.resolved_n_dis()
+        torch.manual_seed(cfg.seed)
+        G, D = build(cfg.model, cfg.width)
+        self.G, self.D = G.to(self.device), D.to(self.device)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.engine_G = self.engine_D = self.controller = None
+        self.preset = None
+        br_every, br_window = 10, 100
+        if cfg.method != "dense":
+            self.preset = get_preset(cfg.method)
+            if not cfg.paper_exact:
+                self.preset = self.preset.scaled(cfg.steps)
+            br_every, br_window = self.preset.br_every, self.preset.br_window
+            self.engine_G = self._engine(self.G, self.opt_G, "G", cfg.g_density)
+            self.engine_D = self._engine(self.D, self.opt_D, "D", cfg.d_density)
+            if self.preset.ddst is not None and self.engine_D is not None:
+                self.controller = DDSTController(self.engine_D, **self.preset.ddst.controller_kwargs(),
+                                                 window=br_window)
+        for m in list(self.D.modules()):
+            if isinstance(m, SN_TYPES):
+                spectral_norm(m)
+        self.ema = None
+        if cfg.ema > 0:
+            self.ema = copy.deepcopy(self.G).eval()
+            self.ema.requires_grad_(False)
+            if self.engine_G is not None:
+                self.engine_G.track_ema(self.ema)
+        self.balance = self.controller.balance if self.controller is not None else BalanceRatio(br_window)
+        self.br_every = br_every
+        self.batches = InfiniteBatches(data, cfg.batch_size, cfg.seed)
+        self.noise = torch.Generator().manual_seed(cfg.seed + 1)
+        self.fixed_z = torch.randn(64, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
+        self.iteration = 0
+        self.train_seconds = 0.0
+
+    def _engine(self, model, optimizer, network, density):
+        overrides = dict(block=self.cfg.block_shape(), stop_at=self.cfg.steps, seed=self.cfg.seed + (network == "D"))
+        if density is not None:
+            overrides["density"] = density
+        for name in ("distribution", "update_every", "prune_fraction"):
+            if getattr(self.cfg, name) is not None:
+                overrides[name] = getattr(self.cfg, name)
+        return DynamicSparsity.from_preset(model, optimizer, self.preset, network, **overrides)
+
+    # ------------------------------------------------------------------ one iteration
+    def _z(self, n):
+        return torch.randn(n, self.G.z_dim, generator=self.noise).to(self.device)
+
+    def _real(self):
+        return self.batches.next().to(self.device)
+
+    def _lr_scale(self, it):
+        return 1.0 - (it - 1) / self.cfg.steps if self.cfg.lr_decay == "linear" else 1.0
+
+    def train_step(self) -> dict:
+        """One generator iteration (n_dis D steps + one G step); returns scalars to log."""
+        cfg = self.cfg
+        self.iteration += 1
+        it = self.iteration
+        for opt, lr in ((self.opt_G, cfg.lr_g), (self.opt_D, cfg.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * self._lr_scale(it)
+        start = time.perf_counter()
+        for _ in range(self.n_dis):
+            real = self._real()
+            with torch.no_grad():
+                fake = self.G(self._z(cfg.batch_size))
+            real_logits, fake_logits = self.D(real), self.D(fake)
+            d_loss = losses.d_loss(cfg.loss, real_logits, fake_logits)
+            self.opt_D.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_D.step()
+            if self.engine_D is not None:
+                self.engine_D.step(it)
+        z = self._z(cfg.batch_size)
+        fake_logits = self.D(self.G(z))
+        g_loss = losses.g_loss(cfg.loss, fake_logits)
+        self.opt_G.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_G.step()
+        event_G = self.engine_G.step(it) if self.engine_G is not None else None
+        br = None
+        if it % self.br_every == 0:
+            with torch.no_grad():
+                after = self.D(self.G(z)).mean()
+            br = self.balance.add(fake_logits.detach().mean(), after, real_logits.detach().mean())
+        self._update_ema()
+        self.train_seconds += time.perf_counter() - start
+        row = {"iteration": it, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
+               "br": br if br is not None else float("nan"),
+               "br_window": self.balance.value if len(self.balance) else float("nan")}
+        row.update(self.densities())
+        if event_G:
+            row["mask_change_G"] = event_G.get("changed_fraction", event_G.get("moved", float("nan")))
+        return row
+
+    @torch.no_grad()
+    def _update_ema(self):
+        if self.ema is None:
+            return
+        decay = self.cfg.ema
+        ema_params = [p for p in self.ema.parameters()]
+        params = [p.detach() for p in self.G.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for be, b in zip(self.ema.buffers(), self.G.buffers()):
+            be.copy_(b)
+
+    def densities(self) -> dict:
+        def d(engine):
+            return float(engine.kept()) / engine.total_numel if engine is not None else 1.0
+        return {"density_G": d(self.engine_G), "density_D": d(self.engine_D)}
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, n=None, z=None, batch=250) -> torch.Tensor:
+        """Images [n, 3, 32, 32] in [-1, 1] from the EMA generator (G itself without EMA)."""
+        net = self.ema if self.ema is not None else self.G
+        was_training = net.training
+        net.eval()
+        if z is None:
+            z = torch.randn(n, self.G.z_dim, generator=torch.Generator().manual_seed(self.cfg.seed + 3))
+        out = torch.cat([net(z[i:i + batch].to(self.device)).float().cpu() for i in range(0, len(z), batch)])
+        net.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        state = {
+            "iteration": self.iteration, "train_seconds": self.train_seconds,
+            "config": self.cfg.__dict__.copy(),
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "engine_G": self.engine_G.state_dict() if self.engine_G is not None else None,
+            "engine_D": self.engine_D.state_dict() if self.engine_D is not None else None,
+            "balance": self.balance.state_dict(),
+            "batches": self.batches.state_dict(),
+            "rng": {"noise": self.noise.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        return state
+
+    def load_state_dict(self, state: dict):
+        """Restore a checkpoint (validated by gan.checkpoint.load) into this freshly built run."""
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        for engine, key in ((self.engine_G, "engine_G"), (self.engine_D, "engine_D")):
+            if engine is not None:
+                engine.load_state_dict(state[key])
+        if self.controller is None:  # with DDST the balance window is the controller's state
+            self.balance.load_state_dict(state["balance"])
+        self.batches.load_state_dict(state["batches"])
+        self.noise.set_state(state["rng"]["noise"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.iteration = state["iteration"]
+        self.train_seconds = state["train_seconds"]
+
+
+def finite(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

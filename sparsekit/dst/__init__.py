@@ -1,0 +1,43 @@
+"""Dynamic sparse training for sparsekit layers (DESIGN.md §4).
+
+- :class:`DynamicSparsity` (engine.py) — one network's masks: ERK/uniform budgets, prune/regrow
+  on a schedule (SET, RigL), per-layer or global selection, exact element budgets, EMA sync,
+  metrics, state_dict.
+- :class:`BalanceRatio` (balance.py) and :class:`DDSTController` (ddst.py) — ADAPT's balance
+  ratio and D-density controller.
+- :func:`imp_prune`, :func:`snapshot`, :func:`rewind_`, :class:`Ticket` (imp.py) — lottery tickets.
+- :func:`get_preset` / ``PRESETS`` (presets.py) — the methods by name.
+- distribution.py (ERK), schedule.py (when and how much), criteria.py (which blocks),
+  layers.py (managed-layer handles), metrics.py (FLOPs bookkeeping).
+
+Nothing here imports the GAN code.
+"""
+
+from .balance import BalanceRatio
+from .ddst import DDSTController
+from .distribution import erk_densities, layer_densities, uniform_densities
+from .engine import METHODS, DynamicSparsity
+from .imp import Ticket, imp_prune, rewind_, snapshot
+from .presets import PRESETS, DDSTPreset, IMPPreset, MethodPreset, NetworkPreset, get_preset
+from .schedule import UpdateSchedule
+
+__all__ = [
+    "BalanceRatio",
+    "DDSTController",
+    "DDSTPreset",
+    "DynamicSparsity",
+    "IMPPreset",
+    "METHODS",
+    "MethodPreset",
+    "NetworkPreset",
+    "PRESETS",
+    "Ticket",
+    "UpdateSchedule",
+    "erk_densities",
+    "get_preset",
+    "imp_prune",
+    "layer_densities",
+    "rewind_",
+    "snapshot",
+    "uniform_densities",
+]
