@@ -10,6 +10,7 @@ layout, and ``python -m sparsekit.info`` for what this machine can run.
 
 import torch  # noqa: F401  (loads torch's libgomp before our extension links against it)
 
+from . import dst
 from .layout import BlockLayout
 from .nn import SparseConv2d, SparseLinear, sparse_layers, sparsify
 from .ops import block_sparse_conv2d, block_sparse_linear, get_backend, set_backend
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockLayout",
+    "dst",
     "SparseConv2d",
     "SparseLinear",
     "block_sparse_conv2d",

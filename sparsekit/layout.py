@@ -30,14 +30,14 @@ from torch import nn
 from .geometry import weight_matrix_dims
 
 
-def _check_block(block):
+def check_block(block):
     if (not isinstance(block, (tuple, list)) or len(block) != 2
             or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
         raise ValueError(f"block must be a pair of positive ints (BN, BK), got {block!r}")
     return int(block[0]), int(block[1])
 
 
-def _check_density(density):
+def check_density(density):
     if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 <= density <= 1.0:
         raise ValueError(f"density must be a number in [0, 1], got {density!r}")
     return float(density)
@@ -87,7 +87,7 @@ class BlockLayout(nn.Module):
     def __init__(self, weight_shape, block, bitmap=None, device=None):
         super().__init__()
         self.weight_shape = tuple(int(s) for s in weight_shape)
-        self.block = _check_block(block)
+        self.block = check_block(block)
         self.n_out, self.c_in, self.taps = weight_matrix_dims(self.weight_shape)
         bn, bk = self.block
         self.blocks_per_tap = math.ceil(self.c_in / bk)
@@ -174,7 +174,7 @@ class BlockLayout(nn.Module):
         Greedy in score order and never above the budget ``round(density · numel)``; with blocks
         of unequal size the shortfall is under one block.
         """
-        density = _check_density(density)
+        density = check_density(density)
         if tuple(scores.shape) != self.grid:
             raise ValueError(f"scores must have the block grid's shape {self.grid}, got {tuple(scores.shape)}")
         budget = round(density * self.numel)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .geometry import make_geometry
-from .layout import BlockLayout, _check_density
+from .layout import BlockLayout, check_density
 from .ops import block_sparse_conv2d, block_sparse_linear
 
 
@@ -45,7 +45,7 @@ class _SparseMixin:
         return self
 
     def _init_layout(self, density, init, generator=None):
-        density = _check_density(density)
+        density = check_density(density)
         if init == "magnitude":
             fresh = BlockLayout.from_weight(self.weight, self.layout.block, density)
         elif init == "random":
@@ -94,7 +94,7 @@ class SparseLinear(_SparseMixin, nn.Module):
         self.weight, self.bias = linear.weight, linear.bias
         self.layout = BlockLayout(self.weight.shape, block, device=self.weight.device)
         self.register_load_state_dict_post_hook(_after_load)
-        if _check_density(density) < 1.0:
+        if check_density(density) < 1.0:
             self._init_layout(density, "random")
 
     @classmethod
@@ -147,7 +147,7 @@ class SparseConv2d(_SparseMixin, nn.Module):
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          bias=bias, device=device, dtype=dtype)
         self._setup(conv, upsample, block)
-        if _check_density(density) < 1.0:
+        if check_density(density) < 1.0:
             self._init_layout(density, "random")
 
     def _setup(self, conv, upsample, block):

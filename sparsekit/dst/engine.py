@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..geometry import weight_matrix_dims
-from ..layout import _check_block
+from ..layout import check_block
 from .checks import choice, number_in
 from .criteria import (GROW_CRITERIA, fill_greedy, grow_scores, magnitude_scores, plan_prune_regrow,
                        plan_resize)
@@ -80,7 +80,7 @@ class DynamicSparsity:
                  layer_types=("conv", "linear"), reset_optimizer_state=None, init="random", seed=0):
         self.density = _check_density(density)
         self.distribution = choice(distribution, "distribution", DISTRIBUTIONS)
-        self.block = _check_block(block)
+        self.block = check_block(block)
         self.method = choice(method, "method", METHODS)
         self.selection = choice(selection, "selection", SELECTIONS)
         self.grow = choice(grow if grow is not None else _DEFAULT_GROW[method], "grow", GROW_CRITERIA)
