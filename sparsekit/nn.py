@@ -56,6 +56,14 @@ class _SparseMixin:
         self.layout.update(fresh.bitmap)
         self.apply_mask_()
 
+    @torch.no_grad()
+    def _fill_dense(self, dense):
+        """Copy the masked weight and the bias into the dense twin ``dense``; returns it."""
+        dense.weight.copy_(weight_parameter(self) * self.layout.element_mask())
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense
+
     def density(self):
         return self.layout.density()
 
@@ -120,11 +128,7 @@ class SparseLinear(_SparseMixin, nn.Module):
         """An ``nn.Linear`` with the masked weight (new Parameters)."""
         dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                           device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(weight_parameter(self) * self.layout.element_mask())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._fill_dense(dense)
 
     def forward(self, x):
         return block_sparse_linear(x, self.weight, self.layout, self.bias)
@@ -188,11 +192,7 @@ class SparseConv2d(_SparseMixin, nn.Module):
         dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                           self.padding, self.dilation, bias=self.bias is not None,
                           device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(weight_parameter(self) * self.layout.element_mask())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._fill_dense(dense)
 
     def forward(self, x):
         return block_sparse_conv2d(x, self.weight, self.layout, self.bias, self.stride,

@@ -7,7 +7,20 @@ run in the interpreter).
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def classifier_cache(tmp_path_factory):
+    """A fresh cache directory for the digit classifier (trained once per test session)."""
+    old = os.environ.get("SPARSEKIT_CACHE")
+    os.environ["SPARSEKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        del os.environ["SPARSEKIT_CACHE"]
+    else:
+        os.environ["SPARSEKIT_CACHE"] = old

@@ -1,6 +1,4 @@
-"""Metrics: Fréchet distance of a set with itself ≈ 0 and growing with noise; sample/eval CLIs."""
-
-import os
+"""Metrics: Fréchet distance of a set with itself ≈ 0 and growing with noise; data errors."""
 
 import pytest
 import torch
@@ -9,15 +7,9 @@ from gan.data import load
 from gan.metrics import evaluate, frechet_distance
 
 
-@pytest.fixture(scope="module", autouse=True)
-def classifier_cache(tmp_path_factory):
-    old = os.environ.get("SPARSEKIT_CACHE")
-    os.environ["SPARSEKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        del os.environ["SPARSEKIT_CACHE"]
-    else:
-        os.environ["SPARSEKIT_CACHE"] = old
+@pytest.fixture(autouse=True)
+def _classifier_cache(classifier_cache):
+    """Every test here uses the session's private classifier cache."""
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero():

@@ -17,15 +17,9 @@ ARTEFACTS = ["config.json", "log.csv", "metrics.jsonl", "checkpoint.pt", "summar
              "samples/latest.png"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def classifier_cache(tmp_path_factory):
-    old = os.environ.get("SPARSEKIT_CACHE")
-    os.environ["SPARSEKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        del os.environ["SPARSEKIT_CACHE"]
-    else:
-        os.environ["SPARSEKIT_CACHE"] = old
+@pytest.fixture(autouse=True)
+def _classifier_cache(classifier_cache):
+    """Every test here uses the session's private classifier cache."""
 
 
 @pytest.mark.parametrize("method", ["dense", "static", "set", "rigl", "stu-gan", "sdst", "ddst",
@@ -143,3 +137,23 @@ def test_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--method", "--g-density", "--block", "--resume", "--paper-exact", "--inception-weights"):
         assert flag in text
+
+
+def test_eval_and_sample_clis(tmp_path, capsys):
+    from gan import eval as gan_eval
+    from gan import sample as gan_sample
+
+    out = tmp_path / "run"
+    assert main(TINY + ["--method", "static", "--steps", "2", "--out", str(out)]) == 0
+    ckpt = str(out / "checkpoint.pt")
+    capsys.readouterr()
+    assert gan_eval.main([ckpt, "--samples", "24"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["iteration"] == 2 and "coverage" in result
+    grid = tmp_path / "grid.png"
+    assert gan_sample.main([ckpt, "-n", "9", "--out", str(grid)]) == 0
+    assert grid.is_file() and grid.stat().st_size > 0
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(SystemExit):
+        gan_sample.main([str(bad)])
