@@ -45,8 +45,8 @@ class Config:
     beta1: float = _h("Adam beta1", default=0.0)
     beta2: float = _h("Adam beta2", default=0.9)
     lr_decay: str = _h("learning-rate schedule: 'linear' (to 0 at --steps) or 'none'", default="linear")
-    ema: float = _h("decay of the generator's EMA copy, evaluated and sampled (0 disables)",
-                    default=0.999)
+    ema: float = _h("decay of the generator's EMA copy, evaluated and sampled (0 disables); "
+                    "warmed up as min(ema, (1+t)/(10+t))", default=0.999)
     g_density: Optional[float] = _h("generator density (fraction of managed weights kept)", default=None)
     d_density: Optional[float] = _h("discriminator density", default=None)
     block: str = _h("sparse block BNxBK (e.g. 16x16, 32x32, 16x64) or 'unstructured' (1x1, runs on "

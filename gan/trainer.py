@@ -150,9 +150,12 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self):
+        """EMA step with warm-up: decay min(ema, (1 + t) / (10 + t)), so that a short run's EMA
+        is not dominated by the initial weights (the papers' 0.999 applies once t ≳ 9000)."""
         if self.ema is None:
             return
-        decay = self.cfg.ema
+        t = self.iteration
+        decay = min(self.cfg.ema, (1.0 + t) / (10.0 + t))
         ema_params = [p for p in self.ema.parameters()]
         params = [p.detach() for p in self.G.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)

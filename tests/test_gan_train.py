@@ -157,3 +157,13 @@ def test_eval_and_sample_clis(tmp_path, capsys):
     bad.write_bytes(b"junk")
     with pytest.raises(SystemExit):
         gan_sample.main([str(bad)])
+
+
+def test_plot_writes_training_curves(tmp_path):
+    pytest.importorskip("matplotlib", reason="gan.plot needs matplotlib (the [bench] extra)")
+    from gan import plot
+
+    out = tmp_path / "run"
+    assert main(TINY + ["--method", "ddst", "--steps", "2", "--out", str(out)]) == 0
+    assert plot.main([str(out)]) == 0
+    assert (out / "training.png").stat().st_size > 0
