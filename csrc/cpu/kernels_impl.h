@@ -20,7 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "problem.h"
+#include "kernels.h"
 
 namespace sparsekit {
 namespace SPARSEKIT_ISA {
@@ -89,14 +89,21 @@ inline void store_partial(float* dst, vf v, int64_t count) {
 }
 
 // ------------------------------------------------------------------------------------ forward
+// Where kept block i reads its input: tap and channel range (precomputed: no division in the
+// micro-kernel loop).
+struct KeptBlock {
+  int32_t tap, c0, width, pad_;
+};
+
 // Kept block i (row-major order) packed as [bk][nv·16]: packed[k][n] = W[n0 + n, k0 + k].
 void pack_forward(const Problem& p, const Index& ix, int64_t nnz, int nv, const float* w,
-                  float* packed) {
+                  float* packed, KeptBlock* meta) {
   const int64_t width_pad = nv * VL;
 #pragma omp parallel for num_threads(p.threads) schedule(static)
   for (int64_t i = 0; i < nnz; ++i) {
     const int64_t row = ix.block_row[i];
     const BlockCols bc = block_cols(p, ix.col_idx[i]);
+    meta[i] = KeptBlock{(int32_t)bc.tap, (int32_t)bc.c0, (int32_t)bc.width, 0};
     const int64_t n0 = row * p.bn, rows = block_height(p, row);
     float* dst = packed + i * p.bk * width_pad;
     std::memset(dst, 0, sizeof(float) * p.bk * width_pad);
@@ -107,25 +114,35 @@ void pack_forward(const Problem& p, const Index& ix, int64_t nnz, int nv, const 
   }
 }
 
-// One tile of MR output pixels × block rows [r_begin, r_end). `a` holds, per tap, MR pointers
-// to the input pixel rows (channel 0) the tile's pixels read at that tap (a zero row where the
-// tap reads padding); taps with tap_ok false are skipped. y_tile: the tile's first output pixel.
+// One tile of MR output pixels × block rows [r0, r1). `a` holds, per tap, MR pointers to the
+// input pixel rows (channel 0) the tile's pixels read at that tap (a zero row where the tap
+// reads padding); taps with tap_ok false are skipped. y_tile: the tile's first output pixel;
+// the first mr ≤ MR pixels are real.
+struct ForwardArgs {
+  const KeptBlock* meta;
+  const float* const* a;
+  const bool* tap_ok;
+  const float* packed;
+  const float* bias_pad;
+  int64_t r0, r1;
+  float* y_tile;
+  int64_t mr;
+};
+
 template <int MR, int NV>
-void forward_tile(const Problem& p, const Index& ix, const float* const* a, const bool* tap_ok,
-                  const float* packed, const float* bias_pad, int64_t r_begin, int64_t r_end,
-                  float* y_tile, int64_t mr) {
+void forward_tile(const Problem& p, const Index& ix, const ForwardArgs& f) {
   constexpr int64_t WP = NV * VL;
-  for (int64_t r = r_begin; r < r_end; ++r) {
+  for (int64_t r = f.r0; r < f.r1; ++r) {
     vf acc[MR][NV];
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NV; ++v) acc[m][v] = vf{};
     for (int64_t i = ix.row_ptr[r], end = ix.row_ptr[r + 1]; i < end; ++i) {
-      const BlockCols bc = block_cols(p, ix.col_idx[i]);
-      if (!tap_ok[bc.tap]) continue;
+      const KeptBlock kb = f.meta[i];
+      if (!f.tap_ok[kb.tap]) continue;
       const float* am[MR];
-      for (int m = 0; m < MR; ++m) am[m] = a[bc.tap * MR + m] + bc.c0;
-      const float* b = packed + i * p.bk * WP;
-      for (int64_t k = 0; k < bc.width; ++k) {
+      for (int m = 0; m < MR; ++m) am[m] = f.a[kb.tap * MR + m] + kb.c0;
+      const float* b = f.packed + i * p.bk * WP;
+      for (int64_t k = 0; k < kb.width; ++k) {
         vf bv[NV];
         for (int v = 0; v < NV; ++v) bv[v] = loadu(b + k * WP + v * VL);
         for (int m = 0; m < MR; ++m) {
@@ -135,35 +152,31 @@ void forward_tile(const Problem& p, const Index& ix, const float* const* a, cons
       }
     }
     const int64_t n0 = r * p.bn, rows = block_height(p, r);
-    for (int64_t m = 0; m < mr; ++m) {
-      float* dst = y_tile + m * p.c_out + n0;
+    for (int64_t m = 0; m < f.mr; ++m) {
+      float* dst = f.y_tile + m * p.c_out + n0;
       for (int v = 0; v < NV; ++v)
-        store_partial(dst + v * VL, acc[m][v] + loadu(bias_pad + n0 + v * VL), rows - v * VL);
+        store_partial(dst + v * VL, acc[m][v] + loadu(f.bias_pad + n0 + v * VL), rows - v * VL);
     }
   }
 }
 
 template <int NV>
-void forward_tile_mr(int MR, const Problem& p, const Index& ix, const float* const* a,
-                     const bool* tap_ok, const float* packed, const float* bias_pad, int64_t r0,
-                     int64_t r1, float* y_tile, int64_t mr) {
+void forward_tile_mr(int MR, const Problem& p, const Index& ix, const ForwardArgs& f) {
   switch (MR) {
-    case 1: return forward_tile<1, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
-    case 2: return forward_tile<2, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
-    case 4: return forward_tile<4, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
-    case 8: return forward_tile<8, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
-    default: return forward_tile<16, NV>(p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+    case 1: return forward_tile<1, NV>(p, ix, f);
+    case 2: return forward_tile<2, NV>(p, ix, f);
+    case 4: return forward_tile<4, NV>(p, ix, f);
+    case 8: return forward_tile<8, NV>(p, ix, f);
+    default: return forward_tile<16, NV>(p, ix, f);
   }
 }
 
-void forward_tile_any(int nv, int MR, const Problem& p, const Index& ix, const float* const* a,
-                      const bool* tap_ok, const float* packed, const float* bias_pad, int64_t r0,
-                      int64_t r1, float* y_tile, int64_t mr) {
+void forward_tile_any(int nv, int MR, const Problem& p, const Index& ix, const ForwardArgs& f) {
   switch (nv) {
-    case 1: return forward_tile_mr<1>(MR, p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
-    case 2: return forward_tile_mr<2>(MR, p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
-    case 3: return forward_tile_mr<3>(MR, p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
-    default: return forward_tile_mr<4>(MR, p, ix, a, tap_ok, packed, bias_pad, r0, r1, y_tile, mr);
+    case 1: return forward_tile_mr<1>(MR, p, ix, f);
+    case 2: return forward_tile_mr<2>(MR, p, ix, f);
+    case 3: return forward_tile_mr<3>(MR, p, ix, f);
+    default: return forward_tile_mr<4>(MR, p, ix, f);
   }
 }
 
@@ -181,7 +194,8 @@ void forward(const Problem& p, const Index& ix, const float* x, const float* w, 
   const int64_t nnz = ix.row_ptr[p.grid_rows];
   const int64_t taps = p.kh * p.kw;
   Buffer packed(sizeof(float) * (nnz > 0 ? nnz : 1) * p.bk * nv * VL);
-  pack_forward(p, ix, nnz, nv, w, packed.as<float>());
+  Buffer meta(sizeof(KeptBlock) * (nnz > 0 ? nnz : 1));
+  pack_forward(p, ix, nnz, nv, w, packed.as<float>(), meta.as<KeptBlock>());
 
   const int64_t padded_n = p.grid_rows * p.bn + VL * 4;
   Buffer bias_buf(sizeof(float) * padded_n);
@@ -227,7 +241,9 @@ void forward(const Problem& p, const Index& ix, const float* x, const float* w, 
       }
       const int64_t r0 = g * rows_per_group, r1 = imin(p.grid_rows, r0 + rows_per_group);
       float* y_tile = y + ((b * p.out_h + oy) * p.out_w + ox0) * p.c_out;
-      forward_tile_any(nv, MR, p, ix, a, tap_ok, packed.as<float>(), bias_pad, r0, r1, y_tile, mr);
+      forward_tile_any(nv, MR, p, ix,
+                       ForwardArgs{meta.as<KeptBlock>(), a, tap_ok, packed.as<float>(), bias_pad,
+                                   r0, r1, y_tile, mr});
     }
   }
 }
@@ -410,99 +426,120 @@ namespace {
 
 constexpr int64_t DW_CHUNK = 128;  // pixels per chunk: the chunk's x and dy rows stay in L1/L2
 
-// acc[RN][NVK] += Σ_q dy[q][row0 + r] · x[q][0:NVK·16] over the chunk's pixels.
+// acc[RN][NVK] += Σ_q dy[yo[q] + row0 + r] · x[xo[q] : + NVK·16] over one chunk of pixel pairs.
 template <int RN, int NVK>
-void grad_weight_rows(const float* const* dyp, const float* const* xp, int64_t count,
-                      int64_t row0, float* acc_mem, int64_t acc_stride) {
+void grad_weight_rows(const float* dy, const int64_t* yo, const float* x, const int64_t* xo,
+                      int64_t count, int64_t row0, float* acc_mem) {
+  constexpr int64_t stride = NVK * VL;
   vf acc[RN][NVK];
   for (int r = 0; r < RN; ++r)
-    for (int v = 0; v < NVK; ++v) acc[r][v] = loadu(acc_mem + (row0 + r) * acc_stride + v * VL);
+    for (int v = 0; v < NVK; ++v) acc[r][v] = loadu(acc_mem + (row0 + r) * stride + v * VL);
   for (int64_t q = 0; q < count; ++q) {
     vf xv[NVK];
-    for (int v = 0; v < NVK; ++v) xv[v] = loadu(xp[q] + v * VL);
-    const float* d = dyp[q] + row0;
+    const float* xq = x + xo[q];
+    for (int v = 0; v < NVK; ++v) xv[v] = loadu(xq + v * VL);
+    const float* d = dy + yo[q] + row0;
     for (int r = 0; r < RN; ++r) {
       const float s = d[r];
       for (int v = 0; v < NVK; ++v) acc[r][v] += s * xv[v];
     }
   }
   for (int r = 0; r < RN; ++r)
-    for (int v = 0; v < NVK; ++v) storeu(acc_mem + (row0 + r) * acc_stride + v * VL, acc[r][v]);
+    for (int v = 0; v < NVK; ++v) storeu(acc_mem + (row0 + r) * stride + v * VL, acc[r][v]);
 }
 
 template <int NVK>
-void grad_weight_chunk(const float* const* dyp, const float* const* xp, int64_t count,
-                       int64_t rows, float* acc_mem) {
-  constexpr int64_t stride = NVK * VL;
+void grad_weight_chunk(const float* dy, const int64_t* yo, const float* x, const int64_t* xo,
+                       int64_t count, int64_t rows, float* acc_mem) {
   constexpr int RMAX = NVK == 1 ? 16 : (NVK == 4 ? 4 : 8);
   int64_t r = 0;
-  for (; r + RMAX <= rows; r += RMAX) grad_weight_rows<RMAX, NVK>(dyp, xp, count, r, acc_mem, stride);
-  for (; r + 4 <= rows; r += 4) grad_weight_rows<4, NVK>(dyp, xp, count, r, acc_mem, stride);
-  for (; r + 2 <= rows; r += 2) grad_weight_rows<2, NVK>(dyp, xp, count, r, acc_mem, stride);
-  for (; r < rows; ++r) grad_weight_rows<1, NVK>(dyp, xp, count, r, acc_mem, stride);
+  for (; r + RMAX <= rows; r += RMAX) grad_weight_rows<RMAX, NVK>(dy, yo, x, xo, count, r, acc_mem);
+  for (; r + 4 <= rows; r += 4) grad_weight_rows<4, NVK>(dy, yo, x, xo, count, r, acc_mem);
+  for (; r + 2 <= rows; r += 2) grad_weight_rows<2, NVK>(dy, yo, x, xo, count, r, acc_mem);
+  for (; r < rows; ++r) grad_weight_rows<1, NVK>(dy, yo, x, xo, count, r, acc_mem);
 }
 
-void grad_weight_chunk_any(int nvk, const float* const* dyp, const float* const* xp,
-                           int64_t count, int64_t rows, float* acc_mem) {
+void grad_weight_chunk_any(int nvk, const float* dy, const int64_t* yo, const float* x,
+                           const int64_t* xo, int64_t count, int64_t rows, float* acc_mem) {
   switch (nvk) {
-    case 1: return grad_weight_chunk<1>(dyp, xp, count, rows, acc_mem);
-    case 2: return grad_weight_chunk<2>(dyp, xp, count, rows, acc_mem);
-    case 3: return grad_weight_chunk<3>(dyp, xp, count, rows, acc_mem);
-    default: return grad_weight_chunk<4>(dyp, xp, count, rows, acc_mem);
+    case 1: return grad_weight_chunk<1>(dy, yo, x, xo, count, rows, acc_mem);
+    case 2: return grad_weight_chunk<2>(dy, yo, x, xo, count, rows, acc_mem);
+    case 3: return grad_weight_chunk<3>(dy, yo, x, xo, count, rows, acc_mem);
+    default: return grad_weight_chunk<4>(dy, yo, x, xo, count, rows, acc_mem);
+  }
+}
+
+// The valid (output pixel, input pixel) pairs of each tap, as element offsets of their dy and
+// x rows: pairs[t] lists count[t] pairs (yo[t·M + q], xo[t·M + q]). Shared by every block of
+// the tap, so the per-pixel address arithmetic runs once per call, not once per block.
+void tap_pixel_pairs(const Problem& p, int64_t* count, int64_t* yo, int64_t* xo) {
+  const int64_t taps = p.kh * p.kw, M = p.batch * p.out_h * p.out_w;
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    const int64_t ky = tap / p.kw, kx = tap % p.kw;
+    int64_t n = 0;
+    for (int64_t b = 0; b < p.batch; ++b)
+      for (int64_t oy = 0; oy < p.out_h; ++oy) {
+        const int64_t iy = input_coord(oy, ky, p.stride_h, p.pad_h, p.dil_h, p.upsample, p.in_h);
+        if (iy < 0) continue;
+        for (int64_t ox = 0; ox < p.out_w; ++ox) {
+          const int64_t ixc = input_coord(ox, kx, p.stride_w, p.pad_w, p.dil_w, p.upsample, p.in_w);
+          if (ixc < 0) continue;
+          yo[tap * M + n] = ((b * p.out_h + oy) * p.out_w + ox) * p.c_out;
+          xo[tap * M + n] = ((b * p.in_h + iy) * p.in_w + ixc) * p.c_in;
+          ++n;
+        }
+      }
+    count[tap] = n;
   }
 }
 
 }  // namespace
 
-// Each listed block is one work item: its tap's valid (output, input) pixel pairs are streamed
-// in chunks; blocks narrower than a whole number of vectors read x through a zero-padded copy.
+// Each listed block is one work item streaming its tap's pixel pairs in chunks; blocks narrower
+// than a whole number of vectors read x through a zero-padded copy of the chunk.
 void grad_weight(const Problem& p, const Index& ix, const float* dy, const float* x, float* dw) {
   const int64_t count = *ix.block_count;
+  const int64_t taps = p.kh * p.kw, M = p.batch * p.out_h * p.out_w;
   const int64_t nvk_max = cdiv(p.bk, VL);
+  Buffer pair_count(sizeof(int64_t) * taps);
+  Buffer pair_y(sizeof(int64_t) * taps * (M > 0 ? M : 1));
+  Buffer pair_x(sizeof(int64_t) * taps * (M > 0 ? M : 1));
+  tap_pixel_pairs(p, pair_count.as<int64_t>(), pair_y.as<int64_t>(), pair_x.as<int64_t>());
 #pragma omp parallel num_threads(p.threads)
   {
     Buffer acc_buf(sizeof(float) * p.bn * nvk_max * VL);
-    Buffer dyp_buf(sizeof(const float*) * DW_CHUNK);
-    Buffer xp_buf(sizeof(const float*) * DW_CHUNK);
     Buffer xpad_buf(sizeof(float) * DW_CHUNK * nvk_max * VL);
+    Buffer pad_off_buf(sizeof(int64_t) * DW_CHUNK);
     float* acc = acc_buf.as<float>();
-    const float** dyp = dyp_buf.as<const float*>();
-    const float** xp = xp_buf.as<const float*>();
     float* xpad = xpad_buf.as<float>();
+    int64_t* pad_off = pad_off_buf.as<int64_t>();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t row = ix.block_row[i];
       const BlockCols bc = block_cols(p, ix.col_idx[i]);
       const int64_t n0 = row * p.bn, rows = block_height(p, row);
       const int nvk = (int)cdiv(bc.width, VL);
-      const bool padded = bc.width % VL != 0;
-      const int64_t ky = bc.tap / p.kw, kx = bc.tap % p.kw;
+      const int64_t pairs = pair_count.as<int64_t>()[bc.tap];
+      const int64_t* yo = pair_y.as<int64_t>() + bc.tap * M;
+      const int64_t* xo = pair_x.as<int64_t>() + bc.tap * M;
+      const float* dy_block = dy + n0;
+      const float* x_block = x + bc.c0;
       std::memset(acc, 0, sizeof(float) * p.bn * nvk * VL);
-      int64_t q = 0;
-      auto flush = [&]() {
-        if (q > 0) grad_weight_chunk_any(nvk, dyp, xp, q, rows, acc);
-        q = 0;
-      };
-      for (int64_t b = 0; b < p.batch; ++b)
-        for (int64_t oy = 0; oy < p.out_h; ++oy) {
-          const int64_t iy = input_coord(oy, ky, p.stride_h, p.pad_h, p.dil_h, p.upsample, p.in_h);
-          if (iy < 0) continue;
-          for (int64_t ox = 0; ox < p.out_w; ++ox) {
-            const int64_t ixc = input_coord(ox, kx, p.stride_w, p.pad_w, p.dil_w, p.upsample, p.in_w);
-            if (ixc < 0) continue;
-            const float* xrow = x + ((b * p.in_h + iy) * p.in_w + ixc) * p.c_in + bc.c0;
-            if (padded) {
-              float* dst = xpad + q * nvk * VL;
-              std::memset(dst, 0, sizeof(float) * nvk * VL);
-              std::memcpy(dst, xrow, sizeof(float) * bc.width);
-              xrow = dst;
-            }
-            xp[q] = xrow;
-            dyp[q] = dy + ((b * p.out_h + oy) * p.out_w + ox) * p.c_out + n0;
-            if (++q == DW_CHUNK) flush();
-          }
+      for (int64_t start = 0; start < pairs; start += DW_CHUNK) {
+        const int64_t q_end = imin(DW_CHUNK, pairs - start);
+        if (bc.width % VL == 0) {
+          grad_weight_chunk_any(nvk, dy_block, yo + start, x_block, xo + start, q_end, rows, acc);
+          continue;
         }
-      flush();
+        for (int64_t q = 0; q < q_end; ++q) {  // narrow block: zero-padded copy of the chunk
+          float* dst = xpad + q * nvk * VL;
+          std::memset(dst, 0, sizeof(float) * nvk * VL);
+          std::memcpy(dst, x_block + xo[start + q], sizeof(float) * bc.width);
+          pad_off[q] = q * nvk * VL;
+        }
+        grad_weight_chunk_any(nvk, dy_block, yo + start, xpad, pad_off, q_end, rows, acc);
+      }
       for (int64_t n = 0; n < rows; ++n)
         std::memcpy(dw + (n0 + n) * p.w_row_stride + bc.k0, acc + n * nvk * VL,
                     sizeof(float) * bc.width);

@@ -1,8 +1,9 @@
 // sparsekit._C: torch-free pybind11 bindings of the CPU kernels.
 //
 // Every entry point takes raw data pointers (ints), a list of problem sizes (see Problem in
-// problem.h, in declaration order) and the index-array pointers; the caller (sparsekit/backends/
-// cpu.py) allocates outputs and guarantees contiguous NHWC activations and K-contiguous weights.
+// common/problem.h, in declaration order) and the index-array pointers; the caller
+// (sparsekit/backends/cpu.py) allocates outputs and guarantees contiguous NHWC activations and
+// K-contiguous weights.
 // The ISA is chosen once at import: AVX-512 kernels where the CPU has AVX-512F, else portable.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,15 +15,14 @@
 #include <string>
 #include <vector>
 
-#include "problem.h"
+#include "kernels.h"
 
 namespace py = pybind11;
 using sparsekit::Index;
+using sparsekit::kProblemFields;
 using sparsekit::Problem;
 
 namespace {
-
-constexpr size_t kProblemFields = 22;
 
 // SPARSEKIT_CPU_ISA=generic forces the portable kernels (to test them on an AVX-512 machine).
 bool has_avx512() {
@@ -39,7 +39,7 @@ bool has_avx512() {
 const bool kAvx512 = has_avx512();
 
 Problem make_problem(const std::vector<int64_t>& d, int threads) {
-  if (d.size() != kProblemFields)
+  if (d.size() != static_cast<size_t>(kProblemFields))
     throw std::invalid_argument("sparsekit._C: problem must have " + std::to_string(kProblemFields) +
                                 " sizes, got " + std::to_string(d.size()));
   Problem p{d[0],  d[1],  d[2],  d[3],  d[4],  d[5],  d[6],  d[7],  d[8],  d[9],  d[10],

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import ConvGeometry, empty_conv_input_grad, empty_conv_output, zeros_weight_grad
+from ..geometry import empty_conv_input_grad, empty_conv_output, zeros_weight_grad
 from . import BackendUnavailable
+from ._native import conv_problem as _conv_problem
+from ._native import dw_blocks as _dw_blocks
+from ._native import linear_problem as _linear_problem
 
 try:
     from .. import _C
@@ -18,7 +21,6 @@ except ImportError as e:  # pragma: no cover - only without a built extension
     raise BackendUnavailable(f"sparsekit._C is not built ({e}); reinstall with `pip install -e .`") from e
 
 MAX_BLOCK = 64
-_full_block_lists: dict[tuple, tuple] = {}
 
 
 def unsupported(op, x, weight, idx, geom=None):
@@ -33,43 +35,8 @@ def unsupported(op, x, weight, idx, geom=None):
     return None
 
 
-def _problem(batch, in_hw, c_in, out_hw, c_out, kernel_hw, geom: ConvGeometry, w_row_stride, idx):
-    grid_rows, grid_cols = idx.bitmap.shape
-    blocks_per_tap = grid_cols // (kernel_hw[0] * kernel_hw[1])
-    return [batch, *in_hw, c_in, *out_hw, c_out, *kernel_hw, *geom.stride, *geom.padding,
-            *geom.dilation, geom.upsample, w_row_stride, idx.block_n, idx.block_k, grid_rows,
-            grid_cols, blocks_per_tap]
-
-
-_LINEAR = ConvGeometry((1, 1), (0, 0), (1, 1), 1)
-
-
-def _linear_problem(m, weight, idx):
-    n, k = weight.shape
-    return _problem(1, (1, m), k, (1, m), n, (1, 1), _LINEAR, weight.stride(0), idx)
-
-
-def _conv_problem(x_shape, weight, geom, idx):
-    b, c_in, h, w = x_shape
-    out_hw = geom.output_hw((h, w), weight.shape[2:])
-    return _problem(b, (h, w), c_in, out_hw, weight.shape[0], tuple(weight.shape[2:]), geom,
-                    weight.stride(0), idx)
-
-
 def _threads():
     return torch.get_num_threads()
-
-
-def _dw_blocks(idx, dense_dw):
-    """(block_row, col_idx, count) for the dW pass: kept blocks, or every block for a dense dW."""
-    if not dense_dw:
-        return idx.block_row, idx.col_idx, idx.row_ptr[-1:]
-    grid = tuple(idx.bitmap.shape)
-    if grid not in _full_block_lists:
-        every = torch.arange(grid[0] * grid[1], dtype=torch.int32)
-        count = torch.tensor([grid[0] * grid[1]], dtype=torch.int32)
-        _full_block_lists[grid] = (every // grid[1], every % grid[1], count)
-    return _full_block_lists[grid]
 
 
 def _forward(problem, x, weight, bias, idx, y):

@@ -1,4 +1,4 @@
-// The block-sparse implicit-GEMM problem the CPU kernels solve, and their entry points.
+// The block-sparse implicit-GEMM problem every native backend solves (CPU and CUDA alike).
 //
 //   Y[M, N] = X̂[M, K] · W[N, K]ᵀ (+ bias)     M = batch·H_out·W_out, N = C_out, K = kh·kw·C_in
 //
@@ -12,6 +12,7 @@
 
 namespace sparsekit {
 
+// Sizes as the Python side passes them (sparsekit/backends/_native.py), in this order.
 struct Problem {
   int64_t batch, in_h, in_w, c_in;
   int64_t out_h, out_w, c_out;
@@ -19,8 +20,10 @@ struct Problem {
   int64_t w_row_stride;
   int64_t bn, bk;
   int64_t grid_rows, grid_cols, blocks_per_tap;
-  int threads;
+  int threads;  // CPU worker threads (unused by the CUDA kernels)
 };
+
+constexpr int kProblemFields = 22;  // the int64 fields above
 
 struct Index {
   const int32_t* row_ptr;    // [grid_rows + 1]
@@ -30,19 +33,5 @@ struct Index {
   const int32_t* block_row;  // [capacity]; (block_row[i], col_idx[i]) for i < *block_count
   const int32_t* block_count;  // number of blocks the dW pass computes
 };
-
-// y = X̂ · W_keptᵀ + bias; every element of y is written (bias may be null).
-#define SPARSEKIT_DECLARE_KERNELS(ns)                                                        \
-  namespace ns {                                                                             \
-  void forward(const Problem& p, const Index& ix, const float* x, const float* w,           \
-               const float* bias, float* y);                                                 \
-  void grad_input(const Problem& p, const Index& ix, const float* dy, const float* w,       \
-                  float* dx);                                                                \
-  void grad_weight(const Problem& p, const Index& ix, const float* dy, const float* x,      \
-                   float* dw);                                                               \
-  }
-
-SPARSEKIT_DECLARE_KERNELS(avx512)
-SPARSEKIT_DECLARE_KERNELS(generic)
 
 }  // namespace sparsekit
