@@ -8,6 +8,14 @@ from sparsekit import block_sparse_conv2d, block_sparse_linear
 
 from .cases import assert_matches_reference, make_layout, run_with_grads
 
+
+@pytest.fixture(autouse=True)
+def block_kernels_even_when_full(monkeypatch):
+    """Test the C++ kernels at density 1 too (by default a full layout runs oneDNN)."""
+    from sparsekit.backends import cpu
+
+    monkeypatch.setattr(cpu, "DENSE_WHEN_FULL", False)
+
 # (out, in, rows of x, block, density, empty block rows)
 LINEAR_CASES = [
     (64, 64, 16, (32, 32), 0.5, ()),
@@ -146,3 +154,19 @@ def test_index_update_is_seen_by_the_next_call():
         sparsekit.set_backend("auto")
     torch.testing.assert_close(y_full, x @ w.t())
     assert torch.equal(y_empty, torch.zeros_like(y_empty))
+
+
+def test_full_layout_runs_the_dense_kernels(monkeypatch):
+    from sparsekit.backends import cpu
+
+    monkeypatch.setattr(cpu, "DENSE_WHEN_FULL", True)
+    torch.manual_seed(0)
+    w, x = torch.randn(32, 3, 3, 3), torch.randn(2, 3, 8, 8)
+    layout = make_layout(w.shape, (16, 16), 1.0)
+    assert_matches_reference("cpu", lambda x, w: block_sparse_conv2d(x, w, layout, padding=1), [x, w])
+    sparsekit.set_backend("cpu")
+    try:
+        y = block_sparse_conv2d(x, w, layout, padding=1)
+    finally:
+        sparsekit.set_backend("auto")
+    assert torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))

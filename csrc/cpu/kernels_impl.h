@@ -75,8 +75,9 @@ inline int64_t block_height(const Problem& p, int64_t row) { return imin(p.bn, p
 // iff in [0, upsample·size). Returns the physical input coordinate or -1.
 inline int64_t input_coord(int64_t o, int64_t k, int64_t stride, int64_t pad, int64_t dil,
                            int64_t up, int64_t size) {
-  int64_t l = o * stride - pad + k * dil;
-  return (l >= 0 && l < up * size) ? l / up : -1;
+  const int64_t l = o * stride - pad + k * dil;
+  if (l < 0 || l >= up * size) return -1;
+  return up == 1 ? l : l / up;  // skip the 64-bit division in the common case
 }
 
 // Store `v` (lanes beyond `count` dropped) at dst.
@@ -346,8 +347,12 @@ inline int64_t gcd(int64_t a, int64_t b) {
 inline int64_t output_coord(int64_t i, int64_t sub, int64_t k, int64_t stride, int64_t pad,
                             int64_t dil, int64_t up, int64_t out_size) {
   const int64_t num = up * i + sub + pad - k * dil;
-  if (num < 0 || num % stride != 0) return -1;
-  const int64_t o = num / stride;
+  if (num < 0) return -1;
+  int64_t o = num;
+  if (stride != 1) {  // skip the 64-bit divisions in the common case
+    if (num % stride != 0) return -1;
+    o = num / stride;
+  }
   return o < out_size ? o : -1;
 }
 
@@ -496,52 +501,93 @@ void tap_pixel_pairs(const Problem& p, int64_t* count, int64_t* yo, int64_t* xo)
 
 }  // namespace
 
-// Each listed block is one work item streaming its tap's pixel pairs in chunks; blocks narrower
-// than a whole number of vectors read x through a zero-padded copy of the chunk.
+// Pixel chunks outside, blocks inside: each thread owns a fixed share of every tap's pixel pairs
+// and, chunk by chunk, feeds that chunk (its x and dy rows, hot in L2) to every listed block of
+// the tap, accumulating into its own partial dW; the partials are then summed in thread order.
+// Streaming the activations once per tap rather than once per block is what keeps dW off the
+// memory-bandwidth limit. Deterministic for a given thread count (static split, fixed-order sum).
+// Blocks narrower than a whole number of vectors read x through a zero-padded copy.
 void grad_weight(const Problem& p, const Index& ix, const float* dy, const float* x, float* dw) {
   const int64_t count = *ix.block_count;
   const int64_t taps = p.kh * p.kw, M = p.batch * p.out_h * p.out_w;
-  const int64_t nvk_max = cdiv(p.bk, VL);
+  const int64_t acc_size = p.bn * cdiv(p.bk, VL) * VL;  // one block's accumulator, padded
+  const int threads = p.threads;
+  if (count == 0) return;
   Buffer pair_count(sizeof(int64_t) * taps);
   Buffer pair_y(sizeof(int64_t) * taps * (M > 0 ? M : 1));
   Buffer pair_x(sizeof(int64_t) * taps * (M > 0 ? M : 1));
   tap_pixel_pairs(p, pair_count.as<int64_t>(), pair_y.as<int64_t>(), pair_x.as<int64_t>());
-#pragma omp parallel num_threads(p.threads)
+
+  // The listed blocks grouped by tap (a stable counting sort): by_tap[tap_start[t] ...].
+  Buffer tap_start_buf(sizeof(int64_t) * (taps + 1));
+  Buffer by_tap_buf(sizeof(int64_t) * count);
+  int64_t* tap_start = tap_start_buf.as<int64_t>();
+  int64_t* by_tap = by_tap_buf.as<int64_t>();
+  for (int64_t t = 0; t <= taps; ++t) tap_start[t] = 0;
+  for (int64_t i = 0; i < count; ++i) ++tap_start[ix.col_idx[i] / p.blocks_per_tap + 1];
+  for (int64_t t = 0; t < taps; ++t) tap_start[t + 1] += tap_start[t];
   {
-    Buffer acc_buf(sizeof(float) * p.bn * nvk_max * VL);
-    Buffer xpad_buf(sizeof(float) * DW_CHUNK * nvk_max * VL);
+    Buffer fill_buf(sizeof(int64_t) * taps);
+    int64_t* fill = fill_buf.as<int64_t>();
+    for (int64_t t = 0; t < taps; ++t) fill[t] = tap_start[t];
+    for (int64_t i = 0; i < count; ++i) by_tap[fill[ix.col_idx[i] / p.blocks_per_tap]++] = i;
+  }
+
+  Buffer partial_buf(sizeof(float) * threads * count * acc_size);
+  float* partial = partial_buf.as<float>();
+#pragma omp parallel num_threads(threads)
+  {
+    const int th = omp_get_thread_num(), nth = omp_get_num_threads();
+    float* mine = partial + th * count * acc_size;
+    std::memset(mine, 0, sizeof(float) * count * acc_size);
+    Buffer xpad_buf(sizeof(float) * DW_CHUNK * cdiv(p.bk, VL) * VL);
     Buffer pad_off_buf(sizeof(int64_t) * DW_CHUNK);
-    float* acc = acc_buf.as<float>();
     float* xpad = xpad_buf.as<float>();
     int64_t* pad_off = pad_off_buf.as<int64_t>();
-#pragma omp for schedule(dynamic, 1)
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      const int64_t pairs = pair_count.as<int64_t>()[tap];
+      const int64_t lo = pairs * th / nth, hi = pairs * (th + 1) / nth;
+      const int64_t* yo = pair_y.as<int64_t>() + tap * M;
+      const int64_t* xo = pair_x.as<int64_t>() + tap * M;
+      for (int64_t start = lo; start < hi; start += DW_CHUNK) {
+        const int64_t q_end = imin(DW_CHUNK, hi - start);
+        for (int64_t j = tap_start[tap]; j < tap_start[tap + 1]; ++j) {
+          const int64_t i = by_tap[j];
+          const int64_t row = ix.block_row[i];
+          const BlockCols bc = block_cols(p, ix.col_idx[i]);
+          const int nvk = (int)cdiv(bc.width, VL);
+          const float* dy_block = dy + row * p.bn;
+          float* acc = mine + i * acc_size;
+          if (bc.width % VL == 0) {
+            grad_weight_chunk_any(nvk, dy_block, yo + start, x + bc.c0, xo + start, q_end,
+                                  block_height(p, row), acc);
+            continue;
+          }
+          for (int64_t q = 0; q < q_end; ++q) {  // narrow block: zero-padded copy of the chunk
+            float* dst = xpad + q * nvk * VL;
+            std::memset(dst, 0, sizeof(float) * nvk * VL);
+            std::memcpy(dst, x + bc.c0 + xo[start + q], sizeof(float) * bc.width);
+            pad_off[q] = q * nvk * VL;
+          }
+          grad_weight_chunk_any(nvk, dy_block, yo + start, xpad, pad_off, q_end,
+                                block_height(p, row), acc);
+        }
+      }
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t row = ix.block_row[i];
       const BlockCols bc = block_cols(p, ix.col_idx[i]);
       const int64_t n0 = row * p.bn, rows = block_height(p, row);
-      const int nvk = (int)cdiv(bc.width, VL);
-      const int64_t pairs = pair_count.as<int64_t>()[bc.tap];
-      const int64_t* yo = pair_y.as<int64_t>() + bc.tap * M;
-      const int64_t* xo = pair_x.as<int64_t>() + bc.tap * M;
-      const float* dy_block = dy + n0;
-      const float* x_block = x + bc.c0;
-      std::memset(acc, 0, sizeof(float) * p.bn * nvk * VL);
-      for (int64_t start = 0; start < pairs; start += DW_CHUNK) {
-        const int64_t q_end = imin(DW_CHUNK, pairs - start);
-        if (bc.width % VL == 0) {
-          grad_weight_chunk_any(nvk, dy_block, yo + start, x_block, xo + start, q_end, rows, acc);
-          continue;
-        }
-        for (int64_t q = 0; q < q_end; ++q) {  // narrow block: zero-padded copy of the chunk
-          float* dst = xpad + q * nvk * VL;
-          std::memset(dst, 0, sizeof(float) * nvk * VL);
-          std::memcpy(dst, x_block + xo[start + q], sizeof(float) * bc.width);
-          pad_off[q] = q * nvk * VL;
-        }
-        grad_weight_chunk_any(nvk, dy_block, yo + start, xpad, pad_off, q_end, rows, acc);
+      const int64_t stride = cdiv(bc.width, VL) * VL;
+      float* total = partial + i * acc_size;  // thread 0's partial collects the sum
+      for (int t = 1; t < nth; ++t) {
+        const float* part = partial + (t * count + i) * acc_size;
+        for (int64_t e = 0; e < rows * stride; ++e) total[e] += part[e];
       }
       for (int64_t n = 0; n < rows; ++n)
-        std::memcpy(dw + (n0 + n) * p.w_row_stride + bc.k0, acc + n * nvk * VL,
+        std::memcpy(dw + (n0 + n) * p.w_row_stride + bc.k0, total + n * stride,
                     sizeof(float) * bc.width);
     }
   }

@@ -3,14 +3,22 @@
 Inputs arrive contiguous NHWC (conv) / row-major (linear) from ``sparsekit.ops``; this module
 checks what the kernels need, allocates outputs and passes pointers. A linear layer runs as the
 1×1 conv of a ``[1, 1, M, K]`` image. Threads: ``torch.get_num_threads()``.
+
+A layout with every block kept runs torch's dense kernels (oneDNN) instead: the same product,
+and oneDNN is at the FMA peak on every shape, including the few-channel RGB layers where the
+block kernels are weakest (ERK often leaves those layers dense). ``DENSE_WHEN_FULL = False``
+turns this off (the tests do, to check the block kernels at density 1). Reading the live block
+count is free here: CPU index buffers are host memory.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..geometry import empty_conv_input_grad, empty_conv_output, zeros_weight_grad
-from . import BackendUnavailable
+from . import BackendUnavailable, BlockIndex, reference
 from ._native import conv_problem as _conv_problem
 from ._native import dw_blocks as _dw_blocks
 from ._native import linear_problem as _linear_problem
@@ -21,6 +29,7 @@ except ImportError as e:  # pragma: no cover - only without a built extension
     raise BackendUnavailable(f"sparsekit._C is not built ({e}); reinstall with `pip install -e .`") from e
 
 MAX_BLOCK = 64
+DENSE_WHEN_FULL = True
 
 
 def unsupported(op, x, weight, idx, geom=None):
@@ -63,29 +72,47 @@ def _grad_weight(problem, dy, x, weight, idx, dense_dw):
 _CL = torch.channels_last
 
 
+def _dense_when_full(kernel):
+    """Route a call whose layout keeps every block to the same-named dense reference op."""
+    dense = getattr(reference, kernel.__name__)
+
+    @functools.wraps(kernel)
+    def run(*args):
+        idx = next(a for a in args if isinstance(a, BlockIndex))
+        if DENSE_WHEN_FULL and int(idx.row_ptr[-1]) == idx.bitmap.numel():
+            return dense(*args)
+        return kernel(*args)
+    return run
+
+
+@_dense_when_full
 def linear_fwd(x, weight, bias, idx):
     x, weight = x.contiguous(), weight.contiguous()
     y = x.new_empty((x.shape[0], weight.shape[0]))
     return _forward(_linear_problem(x.shape[0], weight, idx), x, weight, bias, idx, y)
 
 
+@_dense_when_full
 def linear_dx(dy, weight, idx):
     dy, weight = dy.contiguous(), weight.contiguous()
     dx = dy.new_empty((dy.shape[0], weight.shape[1]))
     return _grad_input(_linear_problem(dy.shape[0], weight, idx), dy, weight, idx, dx)
 
 
+@_dense_when_full
 def linear_dw(dy, x, weight, idx, dense_dw):
     dy, x = dy.contiguous(), x.contiguous()
     return _grad_weight(_linear_problem(x.shape[0], weight, idx), dy, x, weight, idx, dense_dw)
 
 
+@_dense_when_full
 def conv2d_fwd(x, weight, bias, idx, geom):
     x, weight = x.contiguous(memory_format=_CL), weight.contiguous(memory_format=_CL)
     y = empty_conv_output(x, weight, geom)
     return _forward(_conv_problem(x.shape, weight, geom, idx), x, weight, bias, idx, y)
 
 
+@_dense_when_full
 def conv2d_dx(dy, weight, idx, geom, input_hw):
     dy, weight = dy.contiguous(memory_format=_CL), weight.contiguous(memory_format=_CL)
     dx = empty_conv_input_grad(dy, weight, input_hw)
@@ -93,6 +120,7 @@ def conv2d_dx(dy, weight, idx, geom, input_hw):
     return _grad_input(problem, dy, weight, idx, dx)
 
 
+@_dense_when_full
 def conv2d_dw(dy, x, weight, idx, geom, dense_dw):
     dy, x = dy.contiguous(memory_format=_CL), x.contiguous(memory_format=_CL)
     return _grad_weight(_conv_problem(x.shape, weight, geom, idx), dy, x, weight, idx, dense_dw)
