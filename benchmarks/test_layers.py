@@ -73,6 +73,6 @@ def test_layer(benchmark, request, device, dtype, batch, case, impl, pass_, dens
         kept_fraction=float(layout.kept_numel()) / layout.numel)
     try:
         # Warm-up builds kernels/autotunes; a handful of rounds gives a stable median.
-        benchmark.pedantic(run, rounds=5, warmup_rounds=2, iterations=1)
+        benchmark.pedantic(run, rounds=15, warmup_rounds=2, iterations=1)
     finally:
         sparsekit.set_backend("auto")

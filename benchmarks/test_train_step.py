@@ -51,7 +51,7 @@ def test_gan_iteration(benchmark, request, digits, width, batch, full, g_density
     benchmark.extra_info.update(kind="gan_iteration", model="sngan", width=width, batch=batch,
                                 n_dis=trainer.n_dis, g_density=g_density, d_density=d_density,
                                 device=DEVICE, block=[32, 32], **trainer.densities())
-    benchmark.pedantic(step, rounds=3, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1, iterations=1)
 
 
 @pytest.mark.parametrize("width,batch,full", SETTINGS[:1], ids=[f"w{w}-b{b}" for w, b, _ in SETTINGS[:1]])

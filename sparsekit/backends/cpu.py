@@ -79,7 +79,7 @@ def _dense_when_full(kernel):
     @functools.wraps(kernel)
     def run(*args):
         idx = next(a for a in args if isinstance(a, BlockIndex))
-        if DENSE_WHEN_FULL and int(idx.row_ptr[-1]) == idx.bitmap.numel():
+        if DENSE_WHEN_FULL and reference.is_full(idx):
             return dense(*args)
         return kernel(*args)
     return run

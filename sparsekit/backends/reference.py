@@ -14,12 +14,21 @@ def unsupported(op, x, weight, idx, geom=None):
     return None
 
 
-def _element_mask(weight, idx):
-    return element_mask(idx.bitmap, weight.shape, (idx.block_n, idx.block_k))
+def is_full(idx):
+    """Every block kept — checked only for CPU layouts, where reading the count costs nothing
+    (on a GPU it would be a host sync, so GPU layouts are always masked)."""
+    return idx.row_ptr.device.type == "cpu" and int(idx.row_ptr[-1]) == idx.bitmap.numel()
+
+
+def _mask_like(t, weight, idx):
+    """``t`` (weight-shaped) zeroed outside kept blocks."""
+    if is_full(idx):
+        return t
+    return t * element_mask(idx.bitmap, weight.shape, (idx.block_n, idx.block_k)).to(t.dtype)
 
 
 def _masked(weight, idx):
-    return weight * _element_mask(weight, idx).to(weight.dtype)
+    return _mask_like(weight, weight, idx)
 
 
 # ---------------------------------------------------------------------------------- linear
@@ -34,7 +43,7 @@ def linear_dx(dy, weight, idx):
 def linear_dw(dy, x, weight, idx, dense_dw):
     dw = dy.t() @ x
     if not dense_dw:
-        dw = dw * _element_mask(weight, idx).to(dw.dtype)
+        dw = _mask_like(dw, weight, idx)
     return torch.empty_like(weight).copy_(dw)
 
 
@@ -66,5 +75,5 @@ def conv2d_dw(dy, x, weight, idx, geom: ConvGeometry, dense_dw):
     dw = torch.nn.grad.conv2d_weight(_upsampled(x, geom), weight.shape, dy, geom.stride,
                                      geom.padding, geom.dilation)
     if not dense_dw:
-        dw = dw * _element_mask(weight, idx).to(dw.dtype)
+        dw = _mask_like(dw, weight, idx)
     return torch.empty_like(weight).copy_(dw)
