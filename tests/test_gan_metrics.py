@@ -40,3 +40,58 @@ def test_missing_dataset_path_is_a_clear_error(tmp_path):
         load(f"cifar10:{tmp_path}")
     with pytest.raises(ValueError, match="--data must be"):
         load("mnist")
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory):
+    """torch-fidelity's InceptionV3 with random weights, saved in the real file's format."""
+    fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3",
+                                   reason="fid/is need torch-fidelity (the [fid] extra)")
+    from unittest import mock
+
+    cls = fidelity.FeatureExtractorInceptionV3
+    path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
+    torch.save({}, path)
+    with mock.patch.object(cls, "load_state_dict", lambda self, state, *a, **k: None):
+        torch.manual_seed(0)
+        model = cls("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def test_fid_and_is_run_offline_from_a_weights_file(random_inception_weights):
+    data = load("digits")
+    fake = data.images[100:120].flip(-1)
+    result = evaluate(fake, type(data)(data.images[:20], data.labels[:20], 10, "digits"),
+                      ("fid", "is"), inception_weights=random_inception_weights)
+    assert set(result) == {"fid", "is"}
+    assert result["is"] >= 1.0 - 1e-6 and result["fid"] >= 0
+
+
+def test_cifar10_pickle_batches_load(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    for i in range(1, 6):
+        batch = {"data": np.full((4, 3072), 40 * i, dtype=np.uint8), "labels": [i % 10] * 4}
+        with open(tmp_path / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch, f)
+    data = load(f"cifar10:{tmp_path}")
+    assert data.images.shape == (20, 3, 32, 32) and data.num_classes == 10
+    assert data.images.min() >= -1 and data.images.max() <= 1
+    (tmp_path / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
+        load(f"cifar10:{tmp_path}")
+
+
+def test_image_folder_loads_with_subfolder_labels(tmp_path):
+    from PIL import Image
+
+    for label in ("cats", "dogs"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            Image.new("RGB", (40, 24), (60 * i, 100, 200)).save(tmp_path / label / f"{i}.png")
+    data = load(f"folder:{tmp_path}")
+    assert data.images.shape == (4, 3, 32, 32) and data.num_classes == 2
+    assert data.labels.tolist() == [0, 0, 1, 1]
