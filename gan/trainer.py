@@ -127,10 +127,12 @@ class Trainer:
             if self.engine_D is not None:
                 self.engine_D.step(it)
         z = self._z(cfg.batch_size)
+        self.D.requires_grad_(False)  # G's step needs D's dX only: skip D's (discarded) dW
         fake_logits = self.D(self.G(z))
         g_loss = losses.g_loss(cfg.loss, fake_logits)
         self.opt_G.zero_grad(set_to_none=True)
         g_loss.backward()
+        self.D.requires_grad_(True)
         self.opt_G.step()
         event_G = self.engine_G.step(it) if self.engine_G is not None else None
         br = None
