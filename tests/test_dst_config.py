@@ -75,7 +75,9 @@ def test_presets():
     lottery = get_preset("lottery")
     assert lottery.imp.rate == 0.2 and lottery.imp.scope == "global" and lottery.d is None
     short = ddst.scaled(2000)
-    assert short.g.update_every == 10 and short.ddst.adjust_every == 20 and short.br_window == 10
+    # adjust period ≥ the balance-ratio window's span (10 samples × every 10 iterations)
+    assert short.g.update_every == 10 and short.ddst.adjust_every == 100 and short.br_window == 10
+    assert ddst.scaled(100_000).ddst.adjust_every == 1000
     with pytest.raises(ValueError, match="method"):
         get_preset("nope")
 

@@ -80,16 +80,24 @@ class MethodPreset:
 
     def scaled(self, steps: int, floor: int = PERIOD_FLOOR) -> "MethodPreset":
         """Every period (ΔT, DDST adjust period, BR period and window) × steps/100k, at least
-        ``floor``."""
+        ``floor``.
+
+        The DDST adjust period is also kept at least as long as the span the balance-ratio
+        window covers (``br_every × br_window`` iterations), as in the papers (1000 = 10 × 100):
+        the floors alone would let the controller act ten times on one nearly unchanged window
+        and overshoot D's density by ten steps.
+        """
         positive_int(steps, "steps")
 
         def scale(period):
             return max(floor, round(period * steps / PAPER_ITERATIONS))
 
+        br_every, br_window = scale(self.br_every), scale(self.br_window)
         net = lambda p: None if p is None else replace(p, update_every=scale(p.update_every))  # noqa: E731
-        ddst = None if self.ddst is None else replace(self.ddst, adjust_every=scale(self.ddst.adjust_every))
-        return replace(self, g=net(self.g), d=net(self.d), ddst=ddst,
-                       br_every=scale(self.br_every), br_window=scale(self.br_window))
+        ddst = None if self.ddst is None else replace(
+            self.ddst, adjust_every=max(scale(self.ddst.adjust_every), br_every * br_window))
+        return replace(self, g=net(self.g), d=net(self.d), ddst=ddst, br_every=br_every,
+                       br_window=br_window)
 
 
 _G, _D = 0.2, 0.5
