@@ -14,6 +14,20 @@ namespace sparsekit {
 namespace cuda {
 namespace {
 
+// Per output pixel m0 + m of a tile (m < TM): its image (-1 past the M pixels) and the logical
+// (upsampled, padded) input origin of its window, staged once in shared memory.
+template <int TM, int THREADS>
+__device__ __forceinline__ void stage_pixel_origins(const Dims& d, int m0, int M, int tid,
+                                                    int* s_b, int* s_ly, int* s_lx) {
+  for (int m = tid; m < TM; m += THREADS) {
+    const int p = m0 + m;
+    const int ox = p % d.out_w, oy = (p / d.out_w) % d.out_h;
+    s_b[m] = p < M ? p / (d.out_w * d.out_h) : -1;
+    s_ly[m] = oy * d.stride_h - d.pad_h;
+    s_lx[m] = ox * d.stride_w - d.pad_w;
+  }
+}
+
 template <int BNP>
 struct ForwardTile {
   static constexpr int TM = BNP == 64 ? 64 : 128;  // output pixels per block
@@ -39,13 +53,7 @@ forward_kernel(const Dims d, const int32_t* __restrict__ row_ptr,
   const int m0 = blockIdx.x * TM, r = blockIdx.y;
   const int n0 = r * d.bn, rows = min(d.bn, d.c_out - n0);
 
-  for (int m = tid; m < TM; m += THREADS) {
-    const int p = m0 + m;
-    const int ox = p % d.out_w, oy = (p / d.out_w) % d.out_h;
-    s_b[m] = p < M ? p / (d.out_w * d.out_h) : -1;
-    s_ly[m] = oy * d.stride_h - d.pad_h;
-    s_lx[m] = ox * d.stride_w - d.pad_w;
-  }
+  stage_pixel_origins<TM, THREADS>(d, m0, M, tid, s_b, s_ly, s_lx);
   __syncthreads();
 
   // Software pipeline: chunk (i, kc) — kept block i, its columns [kc, kc + KC) — is loaded
@@ -169,13 +177,7 @@ forward_mma_kernel(const Dims d, const int32_t* __restrict__ row_ptr,
   const int m0 = blockIdx.x * TM, r = blockIdx.y;
   const int n0 = r * d.bn, rows = min(d.bn, d.c_out - n0);
 
-  for (int m = tid; m < TM; m += THREADS) {
-    const int p = m0 + m;
-    const int ox = p % d.out_w, oy = (p / d.out_w) % d.out_h;
-    s_b[m] = p < M ? p / (d.out_w * d.out_h) : -1;
-    s_ly[m] = oy * d.stride_h - d.pad_h;
-    s_lx[m] = ox * d.stride_w - d.pad_w;
-  }
+  stage_pixel_origins<TM, THREADS>(d, m0, M, tid, s_b, s_ly, s_lx);
   __syncthreads();
 
   // Software pipeline as in forward_kernel: the next chunk is loaded into registers while the
