@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import sparsekit
-from sparsekit import SparseConv2d, SparseLinear, block_sparse_linear
+from sparsekit import SparseConv2d, SparseLinear
 
 from .cases import make_layout
 
