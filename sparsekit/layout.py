@@ -94,6 +94,7 @@ class BlockLayout(nn.Module):
         self.grid = (math.ceil(self.n_out / bn), self.taps * self.blocks_per_tap)
         self.capacity = self.grid[0] * self.grid[1]
         self.dense_dw = False
+        self._pruned, self._pruned_key = None, None  # pruned_mask() cache
         rows, cols = self.grid
         if device is None and bitmap is not None:
             device = bitmap.device
@@ -187,6 +188,21 @@ class BlockLayout(nn.Module):
     def element_mask(self):
         """Bool mask of the weight's shape: True inside kept blocks."""
         return element_mask(self.bitmap, self.weight_shape, self.block)
+
+    def pruned_mask(self):
+        """Bool mask of the weight's shape, True outside kept blocks (what masking zeroes).
+
+        Cached, and refreshed in place when the bitmap changes: its storage never moves, so a
+        captured CUDA graph sees new masks. Callers must not modify it.
+        """
+        key = (self.bitmap.data_ptr(), self.bitmap._version)
+        if key != self._pruned_key:
+            pruned = ~self.element_mask()
+            if self._pruned is None or self._pruned.device != pruned.device:
+                self._pruned = torch.empty_like(pruned)
+            self._pruned.copy_(pruned)
+            self._pruned_key = key
+        return self._pruned
 
     # ------------------------------------------------------------------ state
     @property

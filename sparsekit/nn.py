@@ -41,7 +41,7 @@ class _SparseMixin:
     def apply_mask_(self):
         """Zero the stored weight outside kept blocks (after an optimizer step, a new layout or a
         checkpoint load); under spectral norm it masks the parametrization's original."""
-        weight_parameter(self).masked_fill_(~self.layout.element_mask(), 0.0)
+        weight_parameter(self).masked_fill_(self.layout.pruned_mask(), 0.0)
         return self
 
     def _init_layout(self, density, init, generator=None):

@@ -116,3 +116,11 @@ def test_bad_bitmap_is_refused():
         layout.update(torch.ones(3, 2, dtype=torch.bool))
     with pytest.raises(TypeError, match="bitmap"):
         layout.update([[True, True], [True, True]])
+
+
+def test_pruned_mask_is_cached_and_refreshed_in_place():
+    layout = BlockLayout.random((32, 16, 3, 3), (16, 16), 0.5, generator=torch.Generator().manual_seed(6))
+    mask = layout.pruned_mask()
+    assert torch.equal(mask, ~layout.element_mask()) and layout.pruned_mask() is mask
+    layout.update(~layout.bitmap)
+    assert layout.pruned_mask() is mask and torch.equal(mask, ~layout.element_mask())

@@ -304,7 +304,7 @@ class DynamicSparsity:
             layout = getattr(target, "layout", None)
             if layout is not None and not torch.equal(layout.bitmap, layer.layout.bitmap):
                 layout.update(layer.layout.bitmap)
-            param.masked_fill_(layer.off_mask().to(param.device), 0.0)
+            param.masked_fill_(layer.layout.pruned_mask().to(param.device), 0.0)
 
     def track_ema(self, ema_model: nn.Module):
         """Sync ``ema_model`` now and after every mask change."""

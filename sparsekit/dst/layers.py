@@ -24,8 +24,6 @@ class ManagedLayer:
 
     def __init__(self, name: str, module: nn.Module):
         self.name, self.module = name, module
-        self._mask_key = None
-        self._off = None
         self._sizes = None
 
     @property
@@ -50,23 +48,9 @@ class ManagedLayer:
     def kept(self) -> int:
         return int((self.block_sizes * self.layout.bitmap).sum())
 
-    def off_mask(self) -> torch.Tensor:
-        """Bool mask of the weight's shape, True where pruned. Refreshed only when the bitmap
-        changes, and in place (its storage never moves, so a captured CUDA graph sees new masks)."""
-        bitmap = self.layout.bitmap
-        key = (bitmap.data_ptr(), bitmap._version)
-        if key != self._mask_key:
-            off = ~self.layout.element_mask()
-            if self._off is None or self._off.device != off.device:
-                self._off = torch.empty_like(off, memory_format=torch.preserve_format)
-            self._off.copy_(off)
-            self._mask_key = key
-        return self._off
-
-    @torch.no_grad()
     def apply_mask_(self):
-        """Zero pruned entries of the stored weight."""
-        self.param.masked_fill_(self.off_mask(), 0.0)
+        """Zero pruned entries of the stored weight (the layer's own masking)."""
+        self.module.apply_mask_()
 
     def expand(self, bitmap: torch.Tensor) -> torch.Tensor:
         """Element mask (weight shape) of a block bitmap ``[R, C]``."""
