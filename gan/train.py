@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -30,10 +31,14 @@ from .config import Config, add_arguments, from_args, given_flags, load_json
 from .data import load as load_data
 from .images import save_grid
 from .metrics import evaluate
-from .trainer import Trainer, finite
+from .trainer import Trainer
 
 LOG_FIELDS = ["iteration", "d_loss", "g_loss", "br", "br_window", "density_G", "density_D",
-              "lr_scale", "sec_per_iter"]
+              "exploration_G", "mask_change_G", "lr_scale", "sec_per_iter"]
+
+
+def finite(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def parse(argv=None):
@@ -133,7 +138,8 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
             if on_step is not None:
                 on_step(trainer)
             if it % cfg.log_every == 0 or it == cfg.steps:
-                row.update(lr_scale=trainer._lr_scale(it), sec_per_iter=trainer.train_seconds / it)
+                row.update(trainer.exploration(), lr_scale=trainer._lr_scale(it),
+                           sec_per_iter=trainer.train_seconds / it)
                 log.row(row)
             bar.update(1)
             bar.set_postfix(d=f"{row['d_loss']:.3f}", g=f"{row['g_loss']:.3f}",

@@ -11,7 +11,6 @@ sample: D(G_before(z)), D(G_after(z)) with the same z, and D(x) of the last real
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import torch
@@ -134,7 +133,8 @@ class Trainer:
         g_loss.backward()
         self.D.requires_grad_(True)
         self.opt_G.step()
-        event_G = self.engine_G.step(it) if self.engine_G is not None else None
+        if self.engine_G is not None:
+            self.engine_G.step(it)
         br = None
         if it % self.br_every == 0:
             with torch.no_grad():
@@ -146,8 +146,6 @@ class Trainer:
                "br": br if br is not None else float("nan"),
                "br_window": self.balance.value if len(self.balance) else float("nan")}
         row.update(self.densities())
-        if event_G:
-            row["mask_change_G"] = event_G.get("changed_fraction", event_G.get("moved", float("nan")))
         return row
 
     @torch.no_grad()
@@ -168,6 +166,14 @@ class Trainer:
         def d(engine):
             return float(engine.kept()) / engine.total_numel if engine is not None else 1.0
         return {"density_G": d(self.engine_G), "density_D": d(self.engine_D)}
+
+    def exploration(self) -> dict:
+        """G's exploration rate (share of weights ever active) and the mask change of its last
+        update (grown / kept); NaN without a G engine. Read at logging time only."""
+        if self.engine_G is None:
+            return {"exploration_G": float("nan"), "mask_change_G": float("nan")}
+        return {"exploration_G": self.engine_G.exploration_rate(),
+                "mask_change_G": float(self.engine_G.last_update.get("mask_change", 0.0))}
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -219,7 +225,3 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.iteration = state["iteration"]
         self.train_seconds = state["train_seconds"]
-
-
-def finite(x):
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -1,6 +1,7 @@
 """The trainer end to end on tiny models: every method runs and writes every artefact; resume is
 bit-identical; checkpoints are never lost or half-loaded; bad flags are refused."""
 
+import csv
 import json
 import os
 
@@ -52,6 +53,10 @@ def test_masks_keep_their_density_through_training(tmp_path):
         assert abs(engine.kept() / engine.total_numel - target) < 0.05
         for layer in engine.layers:
             assert (layer.param[~layer.layout.element_mask()] == 0).all()
+    with open(tmp_path / "rigl" / "log.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    # masks moved (update_every 2): G has explored beyond its kept share
+    assert float(last["exploration_G"]) > float(last["density_G"])
 
 
 def _interrupt_after(iteration):
