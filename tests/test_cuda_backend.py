@@ -88,7 +88,9 @@ def test_bindings_reject_bad_arguments_without_launching():
     bad_block = good[:17] + [65] + good[18:]
     assert "block sides" in C.forward(bad_block, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     assert "dtype" in C.grad_input(good, 7, 0, 0, 0, 0, 0, 0, 0)
-    assert "splits" in C.grad_weight(good, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0)
+    assert "items" in C.grad_weight(good, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0)  # capacity is 4
+    assert "scratch" in C.grad_weight(good, 0, 0, 0, 0, 0, 0, 0, 0, 4, 2, 0, 0)
+    assert "all null" in C.grad_weight(good, 0, 0, 0, 0, 0, 8, 0, 0, 4, 1, 0, 0)
 
 
 # ------------------------------------------------------------------------- emulated kernels
@@ -133,9 +135,10 @@ class _EmulatedModule:
                           stream or None)
 
     def grad_weight(self, dims, dtype, device, dy, x, dw, block_row, col_idx, block_count,
-                    capacity, splits, scratch, stream):
-        return self._call("grad_weight", dims, dtype, device, block_row, col_idx, block_count,
-                          capacity, splits, dy, x, dw, scratch or None, stream or None)
+                    items, max_splits, scratch, stream):
+        return self._call("grad_weight", dims, dtype, device, block_row or None, col_idx or None,
+                          block_count or None, items, max_splits, dy, x, dw, scratch or None,
+                          stream or None)
 
 
 def _compiles(cxx, tmp, source):
@@ -283,10 +286,11 @@ def test_emulated_conv2d_matches_reference(emulated, monkeypatch, case):
     _compare_ops(cuda, x, w, b, layout, make_geometry(stride, padding, dilation, up), dtype)
 
 
-def test_emulated_dense_dw_gives_the_full_gradient(emulated):
+def test_emulated_dense_dw_gives_the_full_gradient(emulated, monkeypatch):
     cuda, dtype = emulated
+    monkeypatch.setattr(cuda, "_sm_count", lambda device: 1000)  # 2 pixel splits per block
     torch.manual_seed(0)
-    w, x = torch.randn(32, 16, 3, 3), torch.randn(2, 16, 6, 6)
+    w, x = torch.randn(32, 16, 3, 3), torch.randn(2, 16, 16, 16)
     layout = make_layout(w.shape, (16, 16), 0.3)
     _compare_ops(cuda, x, w, None, layout, make_geometry(1, 1, 1, 1), dtype, dense_dw=True)
 

@@ -1,19 +1,23 @@
-// dW = dYᵀ · X̂ at the listed blocks only, one kernel for linear and conv.
+// dW = dYᵀ · X̂ at the kept blocks only (every block of the grid for a dense dW), one kernel for
+// linear and conv.
 //
-// Grid: x = capacity (one block per listed kept block; blocks at or past *block_count exit at
-// once, so the grid depends on shapes and capacity only), y = pixel splits. A block of 256
-// threads computes one weight block's BNP × BKP tile (bn, bk padded to 16/32/64) over its
-// split's output pixels: the threads form NG = 256 / (BNP·BKP/16) groups, each thread of a group
-// a 4×4 register tile, and every group takes its own KCG pixels of each staged chunk — dy rows
-// As[pixel][BNP] and the tap's input rows Bs[pixel][BKP] (zero where the tap reads padding) —
-// so even a 16×16 block keeps 256 threads busy. The groups' sums are then added in a fixed order
-// through shared memory. That is the FFMA kernel (fp32); bf16/fp16 run on the tensor cores
+// Work items over the LIVE blocks: the grid is a fixed 1-D list of `items` CTAs (shapes and
+// capacity only: CUDA-graph safe, no host sync), and each CTA reads the live count on the device
+// and takes work item w = (block w / S, pixel split w % S) with S = dw_splits(live, items,
+// max_splits) — so at density 0.1 the pixels of the few live blocks are split ~10× finer than
+// at density 1 and the GPU stays full; CTAs at or past live·S exit at once. A CTA of 256 threads
+// computes one weight block's BNP × BKP tile (bn, bk padded to 16/32/64) over its split's output
+// pixels: the threads form NG = 256 / (BNP·BKP/16) groups, each thread of a group a 4×4 register
+// tile, and every group takes its own KCG pixels of each staged chunk — dy rows As[pixel][BNP]
+// and the tap's input rows Bs[pixel][BKP] (zero where the tap reads padding) — so even a 16×16
+// block keeps 256 threads busy. The groups' sums are then added in a fixed order through shared
+// memory. That is the FFMA kernel (fp32); bf16/fp16 run on the tensor cores
 // (grad_weight_mma_kernel below: 4 warps, the same split of pixels between warp groups).
 //
-// Reduction over splits: deterministic, no atomics. With one split the block writes dW directly
+// Reduction over splits: deterministic, no atomics. With S = 1 a CTA writes dW directly
 // (converted to the element type); otherwise it writes fp32 partial sums to scratch
-// [splits][capacity][bn·bk] and a second kernel adds the splits in order and writes dW. Blocks
-// not listed are left as the caller zeroed them.
+// [live·S][bn·bk] (live·S ≤ items) and a second kernel adds a block's S partials in split order
+// and writes dW. Blocks not listed are left as the caller zeroed them.
 #include "common.cuh"
 
 namespace sparsekit {
@@ -42,18 +46,43 @@ __host__ __device__ inline GradWeightTile dw_tile(int bnp, int bkp) {
   return t;
 }
 
+// Pixel splits per live block: as many as the item budget allows, at most max_splits.
+__host__ __device__ inline int dw_splits(int live, int items, int max_splits) {
+  return max(1, min(items / max(live, 1), max_splits));
+}
+
+// Work item w of the live blocks: its block (row, col), split and split count; false past them.
+// Null lists mean every block of the grid (a dense dW): block w / S is (i / cols, i % cols).
+struct DwItem {
+  int blk, split, splits, row, col;
+};
+__device__ __forceinline__ bool dw_item(const Dims& d, const int32_t* block_row,
+                                        const int32_t* col_idx, const int32_t* block_count,
+                                        int items, int max_splits, int w, DwItem& it) {
+  const int live = block_count ? *block_count : d.grid_rows * d.grid_cols;
+  it.splits = dw_splits(live, items, max_splits);
+  if (w >= live * it.splits) return false;  // uniform per CTA
+  it.blk = w / it.splits;
+  it.split = w % it.splits;
+  it.row = block_row ? block_row[it.blk] : it.blk / d.grid_cols;
+  it.col = col_idx ? col_idx[it.blk] : it.blk % d.grid_cols;
+  return true;
+}
+
 template <typename T>
-__global__ void __launch_bounds__(DW_THREADS)
+__global__ void __launch_bounds__(DW_THREADS, 3)  // 3 CTAs/SM: 80 registers, no spills (sm_90a)
 grad_weight_kernel(const Dims d, const GradWeightTile t, const int32_t* __restrict__ block_row,
                    const int32_t* __restrict__ col_idx, const int32_t* __restrict__ block_count,
-                   int capacity, int split_len, const T* __restrict__ dy,
-                   const T* __restrict__ x, T* __restrict__ dw, float* __restrict__ partial) {
+                   int items, int max_splits, const T* __restrict__ dy,
+                   const T* __restrict__ x, T* __restrict__ dw, float* __restrict__ scratch) {
   __shared__ __align__(16) float smem[DW_SMEM];
   __shared__ int64_t s_xoff[128];  // per pixel of the chunk: x offset at the tap, or -1
-  const int blk = blockIdx.x, split = blockIdx.y;
-  if (blk >= *block_count) return;  // uniform: past the live blocks
-
-  const int row = block_row[blk], col = col_idx[blk];
+  int blk, split, splits, row, col;
+  {
+    DwItem it;
+    if (!dw_item(d, block_row, col_idx, block_count, items, max_splits, blockIdx.x, it)) return;
+    blk = it.blk, split = it.split, splits = it.splits, row = it.row, col = it.col;
+  }
   const int n0 = row * d.bn, rows = min(d.bn, d.c_out - n0);
   const int tap = col / d.blocks_per_tap, ky = tap / d.kw, kx = tap % d.kw;
   const int c0 = (col % d.blocks_per_tap) * d.bk, width = min(d.bk, d.c_in - c0);
@@ -65,7 +94,7 @@ grad_weight_kernel(const Dims d, const GradWeightTile t, const int32_t* __restri
   float* As = smem;                          // [chunk][bnp + PAD]
   float* Bs = smem + t.chunk * as_stride;    // [chunk][bkp + PAD]
 
-  const int M = d.batch * d.out_h * d.out_w;
+  const int M = d.batch * d.out_h * d.out_w, split_len = cdiv(M, splits);
   const int p_begin = split * split_len, p_end = min(M, p_begin + split_len);
   float acc[4][4] = {};
   for (int p0 = p_begin; p0 < p_end; p0 += t.chunk) {
@@ -102,8 +131,9 @@ grad_weight_kernel(const Dims d, const GradWeightTile t, const int32_t* __restri
   }
 
   // Element (n, c) of the block -> its destination, dW directly or this split's partial sums.
-  const int64_t part_base = ((int64_t)split * capacity + blk) * d.bn * d.bk;
-  auto store = [&](int n, int c, float v) {
+  float* partial = splits > 1 ? scratch : nullptr;
+  const int64_t part_base = ((int64_t)blk * splits + split) * d.bn * d.bk;
+  auto store = [=](int n, int c, float v) {
     if (n >= rows || c >= width) return;
     if (partial == nullptr)
       dw[(int64_t)(n0 + n) * d.w_row_stride + k0 + c] = from_float<T>(v);
@@ -151,8 +181,8 @@ template <typename T, int BNP, int BKP>
 __global__ void __launch_bounds__(128)
 grad_weight_mma_kernel(const Dims d, const int32_t* __restrict__ block_row,
                        const int32_t* __restrict__ col_idx, const int32_t* __restrict__ block_count,
-                       int capacity, int split_len, const T* __restrict__ dy_,
-                       const T* __restrict__ x_, T* __restrict__ dw, float* __restrict__ partial) {
+                       int items, int max_splits, const T* __restrict__ dy_,
+                       const T* __restrict__ x_, T* __restrict__ dw, float* __restrict__ scratch) {
   using Tile = GradWeightMmaTile<BNP, BKP>;
   constexpr int P = Tile::P, KROW = Tile::KROW, NG = Tile::NG;
   constexpr int MT = Tile::WM / 16, NT = Tile::WN / 8;
@@ -160,12 +190,15 @@ grad_weight_mma_kernel(const Dims d, const int32_t* __restrict__ block_row,
   __shared__ __align__(16) uint16_t Bs[BKP * KROW];
   __shared__ float red[NG > 1 ? NG * BNP * BKP : 1];
   __shared__ int64_t s_xoff[P];
-  const int blk = blockIdx.x, split = blockIdx.y;
-  if (blk >= *block_count) return;
+  int blk, split, splits, row, col;
+  {
+    DwItem it;
+    if (!dw_item(d, block_row, col_idx, block_count, items, max_splits, blockIdx.x, it)) return;
+    blk = it.blk, split = it.split, splits = it.splits, row = it.row, col = it.col;
+  }
   const uint16_t* dy = reinterpret_cast<const uint16_t*>(dy_);
   const uint16_t* x = reinterpret_cast<const uint16_t*>(x_);
 
-  const int row = block_row[blk], col = col_idx[blk];
   const int n0 = row * d.bn, rows = min(d.bn, d.c_out - n0);
   const int tap = col / d.blocks_per_tap, ky = tap / d.kw, kx = tap % d.kw;
   const int c0 = (col % d.blocks_per_tap) * d.bk, width = min(d.bk, d.c_in - c0);
@@ -174,7 +207,7 @@ grad_weight_mma_kernel(const Dims d, const int32_t* __restrict__ block_row,
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int grp = warp / Tile::TILE_WARPS, tw = warp % Tile::TILE_WARPS;
   const int wm = tw % (BNP / Tile::WM), wn = tw / (BNP / Tile::WM);
-  const int M = d.batch * d.out_h * d.out_w;
+  const int M = d.batch * d.out_h * d.out_w, split_len = cdiv(M, splits);
   const int p_begin = split * split_len, p_end = min(M, p_begin + split_len);
   float acc[MT][NT][4] = {};
   for (int p0 = p_begin; p0 < p_end; p0 += P) {
@@ -220,8 +253,9 @@ grad_weight_mma_kernel(const Dims d, const int32_t* __restrict__ block_row,
     __syncthreads();
   }
 
-  const int64_t part_base = ((int64_t)split * capacity + blk) * d.bn * d.bk;
-  auto store = [&](int n, int c, float v) {
+  float* partial = splits > 1 ? scratch : nullptr;
+  const int64_t part_base = ((int64_t)blk * splits + split) * d.bn * d.bk;
+  auto store = [=](int n, int c, float v) {
     if (n >= rows || c >= width) return;
     if (partial == nullptr)
       dw[(int64_t)(n0 + n) * d.w_row_stride + k0 + c] = from_float<T>(v);
@@ -252,26 +286,30 @@ grad_weight_mma_kernel(const Dims d, const int32_t* __restrict__ block_row,
   }
 }
 
-// dW[block i] = Σ_s partial[s][i] in split order.
+// dW[block i] = Σ_s scratch[i·S + s] in split order; nothing to do when S = 1 (written directly).
 template <typename T>
 __global__ void __launch_bounds__(DW_THREADS)
 reduce_splits_kernel(const Dims d, const int32_t* __restrict__ block_row,
                      const int32_t* __restrict__ col_idx, const int32_t* __restrict__ block_count,
-                     int capacity, int splits, const float* __restrict__ partial,
+                     int items, int max_splits, const float* __restrict__ scratch,
                      T* __restrict__ dw) {
-  const int blk = blockIdx.x;
-  if (blk >= *block_count) return;
-  const int row = block_row[blk], col = col_idx[blk];
-  const int n0 = row * d.bn, rows = min(d.bn, d.c_out - n0);
-  const int tap = col / d.blocks_per_tap;
-  const int c0 = (col % d.blocks_per_tap) * d.bk, width = min(d.bk, d.c_in - c0);
+  const int live = block_count ? *block_count : d.grid_rows * d.grid_cols;
+  const int splits = dw_splits(live, items, max_splits);
+  DwItem it;  // the block's first work item
+  if ((int)blockIdx.x >= live || splits == 1 ||
+      !dw_item(d, block_row, col_idx, block_count, items, max_splits, blockIdx.x * splits, it))
+    return;
+  const int n0 = it.row * d.bn, rows = min(d.bn, d.c_out - n0);
+  const int tap = it.col / d.blocks_per_tap;
+  const int c0 = (it.col % d.blocks_per_tap) * d.bk, width = min(d.bk, d.c_in - c0);
   const int64_t k0 = (int64_t)tap * d.c_in + c0;
   const int64_t block_elems = (int64_t)d.bn * d.bk;
+  const float* part = scratch + (int64_t)it.blk * it.splits * block_elems;
   for (int e = threadIdx.x; e < d.bn * d.bk; e += DW_THREADS) {
     const int n = e / d.bk, c = e % d.bk;
     if (n >= rows || c >= width) continue;
     float v = 0.f;
-    for (int s = 0; s < splits; ++s) v += partial[((int64_t)s * capacity + blk) * block_elems + e];
+    for (int s = 0; s < it.splits; ++s) v += part[s * block_elems + e];
     dw[(int64_t)(n0 + n) * d.w_row_stride + k0 + c] = from_float<T>(v);
   }
 }
@@ -293,33 +331,38 @@ void dispatch_side(int side, F&& f) {
 extern "C" const char* sparsekit_cuda_grad_weight(const sparsekit::Problem* p, int dtype,
                                                   int device, const int32_t* block_row,
                                                   const int32_t* col_idx,
-                                                  const int32_t* block_count, int64_t capacity,
-                                                  int64_t splits, const void* dy, const void* x,
-                                                  void* dw, float* scratch, void* stream) {
+                                                  const int32_t* block_count, int64_t items,
+                                                  int64_t max_splits, const void* dy,
+                                                  const void* x, void* dw, float* scratch,
+                                                  void* stream) {
   using namespace sparsekit::cuda;
   Dims d;
   if (const char* err = make_dims(*p, &d)) return err;
-  if (capacity < 0 || capacity > INT_MAX) return "sparsekit._C_cuda: capacity out of range";
-  if (splits < 1 || splits > 65535) return "sparsekit._C_cuda: splits must be in [1, 65535]";
-  if (splits > 1 && scratch == nullptr) return "sparsekit._C_cuda: splits > 1 needs scratch";
+  if ((block_row == nullptr) != (col_idx == nullptr) ||
+      (block_row == nullptr) != (block_count == nullptr))
+    return "sparsekit._C_cuda: block_row, col_idx and block_count must all be given or all null";
+  const int64_t capacity = (int64_t)d.grid_rows * d.grid_cols;
+  if (items < 0 || items > INT_MAX || (capacity > 0 && items < capacity))
+    return "sparsekit._C_cuda: items must be in [capacity, 2^31)";
+  if (max_splits < 1 || max_splits > INT_MAX) return "sparsekit._C_cuda: max_splits must be >= 1";
+  if (max_splits > 1 && scratch == nullptr)
+    return "sparsekit._C_cuda: max_splits > 1 needs scratch of items·bn·bk floats";
   if (const char* err = prepare(device, dtype)) return err;
   const int M = d.batch * d.out_h * d.out_w;
   if (capacity == 0 || M == 0) return nullptr;  // dW stays as the caller zeroed it
   const GradWeightTile t = dw_tile(padded_side(d.bn), padded_side(d.bk));
-  const int split_len = cdiv(M, (int)splits);
   const auto s = static_cast<cudaStream_t>(stream);
-  float* partial = splits > 1 ? scratch : nullptr;
+  const int n_items = (int)items, n_splits = (int)max_splits;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const dim3 grid((unsigned)capacity, (unsigned)splits);
     bool launched = false;
     if constexpr (!std::is_same<T, float>::value) {
       if (tensor_cores_enabled()) {
         auto mma = [&](auto bnp, auto bkp) {
           constexpr int BNP = decltype(bnp)::value, BKP = decltype(bkp)::value;
-          grad_weight_mma_kernel<T, BNP, BKP><<<grid, 128, 0, s>>>(
-              d, block_row, col_idx, block_count, (int)capacity, split_len,
-              static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dw), partial);
+          grad_weight_mma_kernel<T, BNP, BKP><<<(unsigned)n_items, 128, 0, s>>>(
+              d, block_row, col_idx, block_count, n_items, n_splits,
+              static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dw), scratch);
         };
         dispatch_side(t.bnp, [&](auto bnp) {
           dispatch_side(t.bkp, [&](auto bkp) { mma(bnp, bkp); });
@@ -328,13 +371,12 @@ extern "C" const char* sparsekit_cuda_grad_weight(const sparsekit::Problem* p, i
       }
     }
     if (!launched)
-      grad_weight_kernel<T><<<grid, DW_THREADS, 0, s>>>(
-        d, t, block_row, col_idx, block_count, (int)capacity, split_len,
-        static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dw), partial);
-    if (partial != nullptr)
+      grad_weight_kernel<T><<<(unsigned)n_items, DW_THREADS, 0, s>>>(
+          d, t, block_row, col_idx, block_count, n_items, n_splits, static_cast<const T*>(dy),
+          static_cast<const T*>(x), static_cast<T*>(dw), scratch);
+    if (n_splits > 1)
       reduce_splits_kernel<T><<<(unsigned)capacity, DW_THREADS, 0, s>>>(
-          d, block_row, col_idx, block_count, (int)capacity, (int)splits, partial,
-          static_cast<T*>(dw));
+          d, block_row, col_idx, block_count, n_items, n_splits, scratch, static_cast<T*>(dw));
   });
   return launch_error();
 }

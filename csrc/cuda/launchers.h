@@ -36,12 +36,14 @@ const char* sparsekit_cuda_grad_input(const sparsekit::Problem* p, int dtype, in
                                       const int32_t* col_ptr, const int32_t* row_idx,
                                       const void* dy, const void* w, void* dx, void* stream);
 
-// dW at the blocks (block_row[i], col_idx[i]), i < *block_count ≤ capacity; dw must be
-// pre-zeroed elsewhere. The pixels are split `splits` ways; with splits > 1 `scratch` holds
-// splits·capacity·bn·bk floats of partial sums, reduced in a fixed order by a second kernel.
+// dW at the blocks (block_row[i], col_idx[i]), i < *block_count ≤ capacity (the block grid) —
+// or, with all three null, at every block of the grid (a dense dW); dw must be pre-zeroed
+// elsewhere. `items` CTAs (capacity ≤ items) share the live blocks' pixels: each live block gets
+// S = clamp(items / live, 1, max_splits) splits, read on the device. With max_splits > 1
+// `scratch` holds items·bn·bk floats of partial sums, reduced in a fixed order by a second kernel.
 const char* sparsekit_cuda_grad_weight(const sparsekit::Problem* p, int dtype, int device,
                                        const int32_t* block_row, const int32_t* col_idx,
-                                       const int32_t* block_count, int64_t capacity,
-                                       int64_t splits, const void* dy, const void* x, void* dw,
+                                       const int32_t* block_count, int64_t items,
+                                       int64_t max_splits, const void* dy, const void* x, void* dw,
                                        float* scratch, void* stream);
 }

@@ -60,13 +60,13 @@ std::string grad_input(const std::vector<int64_t>& dims, int dtype, int device, 
 
 std::string grad_weight(const std::vector<int64_t>& dims, int dtype, int device, uintptr_t dy,
                         uintptr_t x, uintptr_t dw, uintptr_t block_row, uintptr_t col_idx,
-                        uintptr_t block_count, int64_t capacity, int64_t splits,
+                        uintptr_t block_count, int64_t items, int64_t max_splits,
                         uintptr_t scratch, uintptr_t stream) {
   const Problem p = make_problem(dims);
   py::gil_scoped_release release;
   return message(sparsekit_cuda_grad_weight(
       &p, dtype, device, ptr<const int32_t>(block_row), ptr<const int32_t>(col_idx),
-      ptr<const int32_t>(block_count), capacity, splits, ptr<const void>(dy), ptr<const void>(x),
+      ptr<const int32_t>(block_count), items, max_splits, ptr<const void>(dy), ptr<const void>(x),
       ptr<void>(dw), ptr<float>(scratch), ptr<void>(stream)));
 }
 
@@ -91,6 +91,7 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("forward", &forward, "y = x̂ · W_keptᵀ + bias; returns '' or the error");
   m.def("grad_input", &grad_input, "dX = dY · W_kept; returns '' or the error");
   m.def("grad_weight", &grad_weight,
-        "dW at the listed blocks (dw pre-zeroed; scratch of splits·capacity·bn·bk floats when "
-        "splits > 1); returns '' or the error");
+        "dW at the listed blocks, or every block when the lists are 0 (dw pre-zeroed; items CTAs "
+        "share the live blocks' pixels; scratch of items·bn·bk floats when max_splits > 1); "
+        "returns '' or the error");
 }

@@ -20,7 +20,7 @@ import torch
 
 from ..geometry import empty_conv_input_grad, empty_conv_output, zeros_weight_grad
 from . import BackendUnavailable
-from ._native import conv_problem, dw_blocks, linear_problem
+from ._native import conv_problem, linear_problem
 
 try:
     from .. import _C_cuda
@@ -36,7 +36,7 @@ MAX_BLOCK = 64
 DTYPES = {torch.float32: _C_cuda.DTYPES["float32"], torch.bfloat16: _C_cuda.DTYPES["bfloat16"],
           torch.float16: _C_cuda.DTYPES["float16"]}
 _DW_PIXELS_PER_SPLIT = 256  # a dW split gets at least this many output pixels
-_DW_MAX_SPLITS = 64
+_DW_ITEMS_PER_SM = 16  # dW work items (CTAs) the live blocks share, per multiprocessor
 
 
 @functools.cache
@@ -75,12 +75,14 @@ def _sm_count(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _dw_splits(problem, capacity, device_index):
-    """Pixel splits for dW: enough blocks to fill the GPU when every block is kept, each split
-    keeping at least _DW_PIXELS_PER_SPLIT pixels. Shapes and capacity only (graph safe)."""
-    pixels = problem[0] * problem[4] * problem[5]
-    want = -(-8 * _sm_count(device_index) // max(capacity, 1))
-    return max(1, min(want, -(-pixels // _DW_PIXELS_PER_SPLIT), _DW_MAX_SPLITS))
+def _dw_items(pixels, capacity, device_index):
+    """(items, max_splits) for dW: the fixed 1-D grid of work items (CTAs) and the most pixel
+    splits a block may get. The kernels read the live block count on the device and give each
+    live block S = clamp(items // live, 1, max_splits) splits, so a sparse layout fills the GPU
+    as well as a dense one; this depends on shapes and capacity only (CUDA-graph safe)."""
+    max_splits = max(1, -(-pixels // _DW_PIXELS_PER_SPLIT))
+    items = min(capacity * max_splits, max(capacity, _DW_ITEMS_PER_SM * _sm_count(device_index)))
+    return items, max_splits
 
 
 def _forward(problem, x, weight, bias, idx, y):
@@ -100,20 +102,24 @@ def _grad_input(problem, dy, weight, idx, dx):
     return dx
 
 
-def _grad_weight(problem, dy, x, weight, idx, dense_dw):
+def _grad_weight(problem, dy, x, weight, weight_k, idx, dense_dw):
+    """dW in ``weight``'s shape and strides. The kernels write rows of ``weight_k``'s layout
+    (K-contiguous, K ordered (kh, kw, c_in): what ``problem`` was built from); a weight in
+    another memory format gets that result copied into its own strides."""
     dtype, device, stream = _launch_args(x)
-    dw = zeros_weight_grad(weight)
-    block_row, col_idx, count = dw_blocks(idx, dense_dw)
-    capacity = block_row.numel()
-    splits = _dw_splits(problem, capacity, device)
-    scratch = (torch.empty(splits * capacity * idx.block_n * idx.block_k, dtype=torch.float32,
-                           device=x.device) if splits > 1 else None)
+    dw = zeros_weight_grad(weight_k)
+    capacity = idx.bitmap.numel()
+    items, max_splits = _dw_items(problem[0] * problem[4] * problem[5], capacity, device)
+    scratch = (torch.empty(items * idx.block_n * idx.block_k, dtype=torch.float32,
+                           device=x.device) if max_splits > 1 else None)
+    # Null block lists make the kernels walk every block of the grid (a dense dW).
+    lists = (0, 0, 0) if dense_dw else (idx.block_row.data_ptr(), idx.col_idx.data_ptr(),
+                                        idx.row_ptr[-1:].data_ptr())
     _check(_C_cuda.grad_weight(problem, dtype, device, dy.data_ptr(), x.data_ptr(),
-                               dw.data_ptr(), block_row.data_ptr(), col_idx.data_ptr(),
-                               count.data_ptr(), capacity, splits,
+                               dw.data_ptr(), *lists, items, max_splits,
                                scratch.data_ptr() if scratch is not None else 0, stream),
            "grad_weight")
-    return dw
+    return dw if dw.stride() == weight.stride() else torch.empty_like(weight).copy_(dw)
 
 
 _CL = torch.channels_last
@@ -132,8 +138,9 @@ def linear_dx(dy, weight, idx):
 
 
 def linear_dw(dy, x, weight, idx, dense_dw):
-    dy, x = dy.contiguous(), x.contiguous()
-    return _grad_weight(linear_problem(x.shape[0], weight, idx), dy, x, weight, idx, dense_dw)
+    dy, x, weight_k = dy.contiguous(), x.contiguous(), weight.contiguous()
+    return _grad_weight(linear_problem(x.shape[0], weight_k, idx), dy, x, weight, weight_k, idx,
+                        dense_dw)
 
 
 def conv2d_fwd(x, weight, bias, idx, geom):
@@ -151,4 +158,6 @@ def conv2d_dx(dy, weight, idx, geom, input_hw):
 
 def conv2d_dw(dy, x, weight, idx, geom, dense_dw):
     dy, x = dy.contiguous(memory_format=_CL), x.contiguous(memory_format=_CL)
-    return _grad_weight(conv_problem(x.shape, weight, geom, idx), dy, x, weight, idx, dense_dw)
+    weight_k = weight.contiguous(memory_format=_CL)
+    return _grad_weight(conv_problem(x.shape, weight_k, geom, idx), dy, x, weight, weight_k, idx,
+                        dense_dw)
