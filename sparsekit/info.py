@@ -11,6 +11,7 @@ import platform
 import torch
 
 from . import backends, ops
+from .backends import routing
 
 
 def _cpu_model():
@@ -80,7 +81,12 @@ def main():
         print("fallbacks to reference taken in this process:")
         for reason, op in taken.items():
             print(f"  {op}: {reason}")
-    print("auto dispatch: CPU tensors -> cpu, CUDA tensors -> triton (else reference, announced once)")
+    print("auto dispatch: CPU tensors -> cpu; CUDA tensors -> first of (else reference, announced once):")
+    for pass_, op in (("fwd", "conv2d_fwd"), ("dx", "conv2d_dx"), ("dw", "conv2d_dw")):
+        orders = ", ".join(f"{routing.dtype_name(dt)} {'>'.join(routing.cuda_order(op, dt))}"
+                           for dt in (torch.float32, torch.bfloat16, torch.float16))
+        print(f"  {pass_:<3} {orders}")
+    print(f"  (measured table: {routing.tuning_file().get('measured_on', '?')})")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ transpose index and dW at kept blocks only (the full dense dW when ``layout.dens
 dW is skipped when the weight needs no gradient.
 
 Dispatch: ``set_backend(name)`` / ``SPARSEKIT_BACKEND`` force a backend ("reference", "cpu",
-"triton", "cuda"); "auto" (default) takes ``cpu`` for CPU tensors and ``triton`` for CUDA tensors
-when they support the call, else announces (once per reason) a fallback to ``reference``.
+"triton", "cuda"); "auto" (default) takes ``cpu`` for CPU tensors and, for CUDA tensors, ``triton`` or ``cuda`` by the
+measured table of ``backends.routing`` (per pass and dtype) when they support the call, else
+announces (once per reason) a fallback to ``reference``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .backends import BlockIndex
+from .backends import BlockIndex, routing
 from .geometry import ConvGeometry, empty_conv_input_grad, empty_conv_output, make_geometry
 from .layout import BlockLayout
 
@@ -59,7 +60,14 @@ def fallbacks_taken() -> dict[str, str]:
     return dict(_fallbacks)
 
 
-_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+def _auto_order(op, x):
+    """Backends ``auto`` tries for ``op`` on ``x``: ``cpu`` on CPU tensors; on CUDA tensors the
+    faster of ``triton``/``cuda`` for the op's pass and dtype first (``backends.routing``)."""
+    if x.device.type == "cpu":
+        return ("cpu",)
+    if x.device.type == "cuda":
+        return routing.cuda_order(op, x.dtype)
+    return ()
 
 
 def _select(op, x, weight, idx, geom=None):
@@ -70,7 +78,7 @@ def _select(op, x, weight, idx, geom=None):
             raise NotImplementedError(f"sparsekit backend {_backend!r} cannot run {op}: {reason}")
         return module
     reasons = []
-    for name in _AUTO_ORDER.get(x.device.type, ()):
+    for name in _auto_order(op, x):
         try:
             module = backends.load(name)
         except backends.BackendUnavailable as e:

@@ -70,15 +70,15 @@ def _jobs(dtypes, quick):
             blocks = dict(BN=side, BK=side)
             for op, fn, extra in (("forward", forward_kernel, dict(HAS_BIAS=True)),
                                   ("grad_input", grad_input_kernel, {}),
-                                  ("grad_weight", grad_weight_kernel, dict(DENSE=False, SPLIT=4))):
-                small, large = tuning.GPU_TABLE[(op, side, _DTYPE_BYTES[dtype])]
+                                  ("grad_weight", grad_weight_kernel, dict(DENSE=False))):
+                small, large = tuning.table_configs(f"{op}/{side}/{_DTYPE_BYTES[dtype]}")
                 for cfg in dict.fromkeys((small, large)):
                     consts = dict(BLOCK_M=cfg.block_m, PRECISION="ieee", **blocks, **extra)
                     yield fn, dtype, consts, cfg
-            yield reduce_splits_kernel, dtype, dict(DENSE=True, SPLIT=4, **blocks), None
-        cfg = tuning.GPU_TABLE[("forward", 16, _DTYPE_BYTES[dtype])][0]
+            yield reduce_splits_kernel, dtype, dict(DENSE=True, **blocks), None
+        cfg = tuning.table_configs(f"forward/16/{_DTYPE_BYTES[dtype]}")[0]
         for fn, extra in ((forward_kernel, dict(HAS_BIAS=False)), (grad_input_kernel, {}),
-                          (grad_weight_kernel, dict(DENSE=True, SPLIT=1))):
+                          (grad_weight_kernel, dict(DENSE=True, MAX_SPLIT=1))):
             linear = {k: v for k, v in _LINEAR_CONSTANTS.items() if k in fn.arg_names}
             yield fn, dtype, dict(BLOCK_M=cfg.block_m, BN=16, BK=16, PRECISION="ieee", **extra,
                                   **linear), cfg
