@@ -1,4 +1,5 @@
-"""pytest-benchmark setup: the ``--bench-set`` option and machine facts in every saved result."""
+"""pytest-benchmark setup: the ``--bench-set`` and ``--bench-device`` options and machine facts
+in every saved result."""
 
 import os
 
@@ -10,7 +11,25 @@ if not torch.cuda.is_available():
 
 def pytest_addoption(parser):
     parser.addoption("--bench-set", choices=("quick", "full"), default="quick",
-                     help="quick: the default set (≤ 10 min on 2 CPU cores); full: every shape/pass")
+                     help="quick: the default sets (CPU ≤ 10 min on 2 cores; GPU a few minutes); "
+                          "full: every shape/density/block/pass")
+    parser.addoption("--bench-device", choices=("all", "cpu", "cuda"), default="all",
+                     help="run only the benchmarks on this device (default: all, i.e. CPU and, "
+                          "where one is present, the GPU); use cuda on a short GPU lease")
+
+
+def pytest_collection_modifyitems(config, items):
+    wanted = config.getoption("--bench-device")
+    if wanted == "all":
+        return
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        device = callspec.params.get("device") if callspec is not None else None
+        (drop if device is not None and device != wanted else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -3,9 +3,16 @@
 Implementations: ``dense`` (torch: oneDNN / cuDNN / cuBLAS), ``sparse:<backend>`` (sparsekit with
 that backend forced), ``bsr`` (torch's own BSR matmul on the same mask; linear and 1×1 only).
 Passes: ``fwd``, ``dx``, ``dw``, ``fwd+bwd``. GPU callables synchronise before returning.
+
+Precision (DESIGN §3): fp32 means IEEE fp32. Every fp32 benchmark runs inside
+:func:`ieee_fp32`, which switches TF32 off for cuBLAS and cuDNN (the dense baseline) and for
+sparsekit's Triton backend, and restores the previous settings afterwards.
 """
 
 from __future__ import annotations
+
+import contextlib
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +23,53 @@ from sparsekit import BlockLayout
 from .shapes import LayerCase
 
 
+#: benchmark.pedantic settings per device. GPU calls are short (tens of µs to a few ms), so
+#: they get more rounds; the CPU numbers stay comparable with the committed results.
+PEDANTIC = {
+    "cpu": dict(rounds=15, warmup_rounds=2, iterations=1),
+    "cuda": dict(rounds=30, warmup_rounds=3, iterations=1),
+}
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def make_inputs(case: LayerCase, batch, density, block, device, dtype, seed=0):
+@contextlib.contextmanager
+def ieee_fp32(dtype):
+    """fp32 means IEEE fp32 (DESIGN §3) for the duration of the block.
+
+    For ``torch.float32``: ``torch.backends.cuda.matmul.allow_tf32`` and
+    ``torch.backends.cudnn.allow_tf32`` are False (the dense cuBLAS / cuDNN baseline) and so is
+    sparsekit's Triton ``allow_tf32`` where that backend is loaded; all three are restored on
+    exit. Other dtypes are left alone (TF32 does not apply to bf16). Yields the value to record
+    as ``extra_info["tf32"]``: False for float32, None where TF32 does not apply.
+    """
+    if dtype != torch.float32:
+        yield None
+        return
+    triton_backend = sys.modules.get("sparsekit.backends.triton")
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             getattr(triton_backend, "allow_tf32", None))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if triton_backend is not None:
+        triton_backend.allow_tf32 = False
+    try:
+        yield False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        if triton_backend is not None:
+            triton_backend.allow_tf32 = saved[2]
+
+
+def make_inputs(case: LayerCase, batch, density, block, device, dtype, seed=0, mask_weight=True):
+    """(x, w, layout) for one benchmark; ``w`` is zero outside ``layout`` if ``mask_weight``.
+
+    The dense baseline passes ``mask_weight=False``: it times a plain random weight (zeros can
+    make dense kernels faster than on real data); the random draws are the same either way.
+    """
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(case.weight_shape(), generator=g).to(device, dtype)
     x = torch.randn(case.input_shape(batch), generator=g).to(device, dtype)
@@ -29,8 +77,9 @@ def make_inputs(case: LayerCase, batch, density, block, device, dtype, seed=0):
         w = w.contiguous(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     layout = BlockLayout.random(w.shape, block, density, generator=g).to(device)
-    with torch.no_grad():
-        w.mul_(layout.element_mask())
+    if mask_weight:
+        with torch.no_grad():
+            w.mul_(layout.element_mask())
     return x, w, layout
 
 
