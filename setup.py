@@ -1,8 +1,11 @@
 """Build script for sparsekit's native kernels.
 
-Always builds ``sparsekit._C`` (csrc/cpu: C++17 + OpenMP, torch-free pybind11). The AVX-512
-translation units (``*_avx512.cpp``) get AVX-512 flags; the rest are portable, and the module
-picks the AVX-512 kernels at run time only where the CPU has them.
+Always builds ``sparsekit._C`` (csrc/cpu: C++17 + OpenMP, torch-free pybind11) with the kernels
+compiled once per instruction set of the target architecture (``cpu_sources``): on x86-64
+``kernels_avx512.cpp`` and ``kernels_avx2.cpp`` get their ISA's flags (per translation unit
+only), on aarch64 ``kernels_neon.cpp`` needs none; ``kernels_generic.cpp`` (portable) is built
+everywhere. The module picks the best ISA the CPU supports at run time. No x86 flag is ever
+handed to a compiler for another architecture.
 
 Where ``nvcc`` is found (and ``SPARSEKIT_NO_CUDA`` is not set) it also builds
 ``sparsekit._C_cuda`` from csrc/cuda, linked against the static CUDA runtime so that importing it
@@ -14,6 +17,7 @@ rebuilt only when its source or a header in its directory is newer.
 
 import glob
 import os
+import platform
 import shutil
 import subprocess
 
@@ -21,8 +25,45 @@ from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-AVX512_FLAGS = ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"]
+# Flags per ISA translation unit (kernels_<isa>.cpp), and the ISAs built per architecture.
+ISA_FLAGS = {
+    "avx512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"],
+    "avx2": ["-mavx2", "-mfma"],
+    "neon": [],
+    "generic": [],
+}
+ARCH_ISAS = {"x86_64": ("avx512", "avx2"), "aarch64": ("neon",)}
+ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 CUDA_ARCHS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]
+
+
+def target_arch():
+    """The architecture the extension is built for (``SPARSEKIT_TARGET_ARCH`` overrides)."""
+    arch = os.environ.get("SPARSEKIT_TARGET_ARCH") or platform.machine()
+    return ARCH_ALIASES.get(arch.lower(), arch.lower())
+
+
+def cpu_sources(arch):
+    """csrc/cpu sources for ``arch``: the bindings, the portable kernels, and the ISA kernels
+    that architecture has (none for one not in ARCH_ISAS)."""
+    isas = ARCH_ISAS.get(arch, ())
+    keep = []
+    for src in _sources("cpu", "*.cpp"):
+        name = os.path.basename(src)
+        if name.startswith("kernels_"):
+            isa = name[len("kernels_"):-len(".cpp")]
+            if isa != "generic" and isa not in isas:
+                continue
+        keep.append(src)
+    return keep
+
+
+def isa_flags(src):
+    """Compiler flags for one CPU source: its ISA's, if it is an ISA translation unit."""
+    name = os.path.basename(src)
+    if name.startswith("kernels_") and name.endswith(".cpp"):
+        return list(ISA_FLAGS[name[len("kernels_"):-len(".cpp")]])
+    return []
 
 
 def _sources(subdir, *patterns):
@@ -70,7 +111,7 @@ def _cuda_root(nvcc):
 
 
 class BuildExt(build_ext):
-    """Adds per-source flags: AVX-512 for ``*_avx512.cpp``, nvcc for ``*.cu``."""
+    """Adds per-source flags: the ISA's for ``kernels_<isa>.cpp``, nvcc for ``*.cu``."""
 
     def finalize_options(self):
         super().finalize_options()
@@ -88,9 +129,7 @@ class BuildExt(build_ext):
                        *CUDA_ARCHS, *[a for a in pp_opts if a.startswith(("-I", "-D"))]]
                 self.spawn(cmd)
                 return
-            extra = list(extra_postargs)
-            if src.endswith("_avx512.cpp"):
-                extra += AVX512_FLAGS
+            extra = list(extra_postargs) + isa_flags(src)
             default_compile(obj, src, ext, cc_args, extra, pp_opts)
 
         self.compiler._compile = _compile
@@ -102,7 +141,7 @@ def _extensions():
     exts = [
         Pybind11Extension(
             "sparsekit._C",
-            _sources("cpu", "*.cpp"),
+            cpu_sources(target_arch()),
             extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno",
                                 "-Wno-psabi"],
             # Link the soname torch ships (libgomp.so.1) so only one OpenMP runtime is mapped.
@@ -130,6 +169,6 @@ def _extensions():
     return exts
 
 
-ParallelCompile("MAX_JOBS", needs_recompile=_needs_recompile).install()
-
-setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
+if __name__ == "__main__":
+    ParallelCompile("MAX_JOBS", needs_recompile=_needs_recompile).install()
+    setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})

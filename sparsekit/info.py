@@ -11,7 +11,7 @@ import platform
 import torch
 
 from . import backends, ops
-from .backends import routing
+from .backends import availability, routing
 
 
 def _cpu_model():
@@ -49,7 +49,10 @@ def collect() -> dict:
     try:
         from . import _C
 
+        availability("cpu")  # applies SPARSEKIT_CPU_ISA
         info["cpu_isa"] = _C.isa()
+        info["cpu_isas_built"] = ", ".join(_C.isas_built())
+        info["cpu_isas_supported"] = ", ".join(_C.isas_supported())
         info["openmp_max_threads"] = _C.openmp_max_threads()
     except ImportError:
         info["cpu_isa"] = None

@@ -19,7 +19,8 @@ transpose index and dW at kept blocks only (the full dense dW when ``layout.dens
 dW is skipped when the weight needs no gradient.
 
 Dispatch: ``set_backend(name)`` / ``SPARSEKIT_BACKEND`` force a backend ("reference", "cpu",
-"triton", "cuda"); "auto" (default) takes ``cpu`` for CPU tensors and, for CUDA tensors, ``triton`` or ``cuda`` by the
+"triton", "cuda"); "auto" (default) takes ``cpu`` for CPU tensors (unless it declines a call it would run slower
+than dense torch: ``cpu.auto_declines``) and, for CUDA tensors, ``triton`` or ``cuda`` by the
 measured table of ``backends.routing`` (per pass and dtype) when they support the call, else
 announces (once per reason) a fallback to ``reference``.
 """
@@ -85,6 +86,8 @@ def _select(op, x, weight, idx, geom=None):
             reasons.append(str(e))
             continue
         reason = module.unsupported(op, x, weight, idx, geom)
+        if reason is None and hasattr(module, "auto_declines"):  # slower than dense here
+            reason = module.auto_declines(op, x, weight, idx, geom)
         if reason is None:
             return module
         reasons.append(f"{name}: {reason}")

@@ -51,3 +51,24 @@ def assert_matches_reference(backend, fn, tensors, tol=1e-4, **kwargs):
         assert a.shape == b.shape, name
         err = rel_err(a, b)
         assert err <= tol, f"{backend} {name} differs from reference: rel err {err:.2e}"
+
+
+def load_setup_module(monkeypatch):
+    """The repository's setup.py imported as a module, for its pure helpers (ISA sources and
+    flags); pybind11's build helpers are stubbed, so nothing is built."""
+    import importlib.util
+    import os
+    import sys
+    import types
+
+    stub = types.ModuleType("pybind11.setup_helpers")
+    stub.ParallelCompile = stub.Pybind11Extension = object
+    stub.build_ext = type("build_ext", (), {})
+    monkeypatch.setitem(sys.modules, "pybind11", types.ModuleType("pybind11"))
+    monkeypatch.setitem(sys.modules, "pybind11.setup_helpers", stub)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(root)
+    spec = importlib.util.spec_from_file_location("sparsekit_setup", os.path.join(root, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

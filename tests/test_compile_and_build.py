@@ -56,12 +56,12 @@ def test_one_openmp_runtime_is_mapped():
     assert len(libs) == 1, f"more than one OpenMP runtime mapped: {sorted(libs)}"
 
 
-def test_portable_kernels_match_reference():
-    """The baseline-ISA build of the kernels (what a machine without AVX-512 runs)."""
+def test_cpu_isa_variable_picks_the_portable_kernels():
+    """SPARSEKIT_CPU_ISA=generic selects the portable build when the cpu backend loads."""
     code = (
         "import torch, sparsekit\n"
-        "from sparsekit import _C\n"
-        "assert _C.isa() == 'generic', _C.isa()\n"
+        "from sparsekit.backends import cpu\n"
+        "assert cpu._C.isa() == 'generic', cpu._C.isa()\n"
         "from tests.cases import assert_matches_reference, make_layout\n"
         "torch.manual_seed(0)\n"
         "w, x = torch.randn(50, 20, 3, 3), torch.randn(2, 20, 7, 9)\n"
@@ -88,3 +88,32 @@ def test_info_runs():
     out = subprocess.run([sys.executable, "-m", "sparsekit.info"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "cpu" in out.stdout and "reference" in out.stdout
+
+
+def test_unknown_or_unsupported_isa_is_refused_with_the_choices():
+    from sparsekit import _C
+
+    code = "import torch, sparsekit\nfrom sparsekit.backends import cpu\n"
+    for isa, match in (("sse9", "no sse9 kernels are built"),
+                       *((("avx512", "cannot run the avx512"),)
+                         if "avx512" in _C.isas_built() and "avx512" not in _C.isas_supported()
+                         else ())):
+        env = dict(os.environ, SPARSEKIT_CPU_ISA=isa)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert r.returncode != 0 and match in r.stderr and "SPARSEKIT_CPU_ISA" in r.stderr, r.stderr
+
+
+def test_setup_builds_each_architectures_isas_and_no_x86_flag_reaches_arm(monkeypatch):
+    from .cases import load_setup_module
+
+    setup = load_setup_module(monkeypatch)
+    names = lambda arch: sorted(os.path.basename(s) for s in setup.cpu_sources(arch))  # noqa: E731
+    assert names("x86_64") == ["kernels_avx2.cpp", "kernels_avx512.cpp", "kernels_generic.cpp",
+                               "module.cpp"]
+    assert names("aarch64") == ["kernels_generic.cpp", "kernels_neon.cpp", "module.cpp"]
+    assert names("riscv64") == ["kernels_generic.cpp", "module.cpp"]
+    for src in setup.cpu_sources("aarch64"):
+        assert not any(f.startswith("-m") for f in setup.isa_flags(src)), src
+    assert "-mavx2" in setup.isa_flags("csrc/cpu/kernels_avx2.cpp")
+    monkeypatch.setenv("SPARSEKIT_TARGET_ARCH", "arm64")
+    assert setup.target_arch() == "aarch64"

@@ -1,4 +1,8 @@
-"""The C++ CPU backend equals the reference backend on values and gradients (x, weight, bias)."""
+"""The C++ CPU backend equals the reference backend on values and gradients (x, weight, bias).
+
+Every test runs once per instruction set this machine can run (``_C.isas_supported()``: e.g.
+avx512, avx2 and the portable build on an AVX-512 x86-64 CPU), not only the one picked.
+"""
 
 import pytest
 import torch
@@ -7,6 +11,21 @@ import sparsekit
 from sparsekit import block_sparse_conv2d, block_sparse_linear
 
 from .cases import assert_matches_reference, make_layout, run_with_grads
+
+try:
+    from sparsekit import _C
+
+    ISAS = _C.isas_supported()
+except ImportError:  # reported by the backend's own tests
+    ISAS = []
+
+
+@pytest.fixture(autouse=True, params=ISAS)
+def isa(request):
+    """Run the test with the kernels of one instruction set, then restore the default."""
+    assert _C.select_isa(request.param) == ""
+    yield request.param
+    assert _C.select_isa("") == ""
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +43,7 @@ LINEAR_CASES = [
     (33, 130, 1, (64, 64), 1.0, ()),          # batch 1, density 1
     (48, 48, 5, (32, 32), 0.0, ()),           # density 0
     (40, 20, 9, (8, 4), 0.6, ()),             # small blocks
+    (100, 90, 5, (48, 40), 0.5, ()),          # block sides not a whole number of vectors
 ]
 
 
@@ -55,6 +75,7 @@ CONV_CASES = [
     (32, 32, 3, 1, 0, 1, (7, 7), 2, (16, 16), 0.5),    # no padding
     (32, 16, 3, 2, 1, 2, (5, 5), 1, (16, 16), 0.5),    # stride 2 on upsampled input
     (16, 16, 3, 1, 2, 1, (6, 6), 1, (16, 16), 0.5),    # dilation 2 (passed below)
+    (96, 50, 3, 1, 1, 1, (6, 5), 2, (48, 24), 0.5),    # 48-row, 24-column blocks
 ]
 
 
@@ -170,3 +191,37 @@ def test_full_layout_runs_the_dense_kernels(monkeypatch):
     finally:
         sparsekit.set_backend("auto")
     assert torch.equal(y, torch.nn.functional.conv2d(x, w, padding=1))
+
+
+def test_auto_runs_dense_torch_where_the_kernels_would_be_slower(isa, monkeypatch):
+    """Never slower than dense: on the portable build, and above the ISA's density crossover,
+    ``auto`` runs the layer as masked dense torch (announced); below it, the kernels."""
+    from sparsekit import ops
+    from sparsekit.backends import cpu
+
+    monkeypatch.setattr(ops, "_fallbacks", {})
+    torch.manual_seed(0)
+    w, x = torch.randn(64, 32, 3, 3), torch.randn(2, 32, 6, 6)
+    for density in (0.25, 1.0):
+        layout = make_layout(w.shape, (16, 16), density)
+        declined = isa not in cpu.CROSSOVER or density > cpu.CROSSOVER[isa]
+        idx = ops._idx(*layout.index_tensors(), *layout.block)
+        assert (cpu.auto_declines("conv2d_fwd", x, w, idx) is not None) == declined
+        with pytest.warns(UserWarning, match="reference backend") if declined else _no_warning():
+            y = block_sparse_conv2d(x, w, layout, padding=1)
+        torch.testing.assert_close(
+            y, torch.nn.functional.conv2d(x, w * layout.element_mask(), padding=1),
+            rtol=1e-4, atol=1e-4)
+        monkeypatch.setattr(ops, "_fallbacks", {})
+
+
+def _no_warning():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def guard():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+    return guard()

@@ -1,4 +1,5 @@
-// Entry points of the CPU kernels (one namespace per ISA); the problem is in common/problem.h.
+// Entry points of the CPU kernels (one namespace per ISA built for this architecture; setup.py
+// compiles kernels_<isa>.cpp to match); the problem is in common/problem.h.
 #pragma once
 #include "problem.h"
 
@@ -15,7 +16,13 @@ namespace sparsekit {
                    float* dw);                                                               \
   }
 
+#if defined(__x86_64__)
 SPARSEKIT_DECLARE_KERNELS(avx512)
+SPARSEKIT_DECLARE_KERNELS(avx2)
+#endif
+#if defined(__aarch64__)
+SPARSEKIT_DECLARE_KERNELS(neon)
+#endif
 SPARSEKIT_DECLARE_KERNELS(generic)
 
 }  // namespace sparsekit

@@ -1,14 +1,17 @@
 // Block-sparse implicit-GEMM kernels for the CPU: forward, grad_input (dX), grad_weight (dW).
 //
-// Included once per ISA by kernels_<isa>.cpp with SPARSEKIT_ISA set to the namespace name; the
-// file is compiled with that ISA's flags. It uses no std:: templates, so no inline function
-// compiled for AVX-512 can be picked by the linker for the portable build.
+// Included once per ISA by kernels_<isa>.cpp with SPARSEKIT_ISA set to the namespace name,
+// SPARSEKIT_VL to the floats per vector register (16 AVX-512, 8 AVX2, 4 NEON and the portable
+// build) and SPARSEKIT_VREGS to the vector registers the tiles may fill (32 AVX-512 and NEON, 16
+// AVX2 and SSE2); the file is compiled with that ISA's flags. It uses no std:: templates, so no
+// inline function compiled for one ISA can be picked by the linker for another.
 //
 // Design (DESIGN.md §3, CPU kernels): register-blocked micro-kernels hold a tile of MR pixels ×
-// (NV·16) channels in vector registers and stream the reduction axis, broadcasting one scalar
-// per pixel and loading NV vectors of the other operand per step.
+// (NV·VL) channels in vector registers and stream the reduction axis, broadcasting one scalar
+// per pixel and loading NV vectors of the other operand per step. MR is the largest power of two
+// whose MR·NV accumulators, NV operand vectors and one broadcast fit in VREGS registers.
 //   forward : pixels × output channels of one block row; reduction over the kept blocks' K.
-//             W's kept blocks are packed K-major once per call ([bk][NV·16], zero padded).
+//             W's kept blocks are packed K-major once per call ([bk][NV·VL], zero padded).
 //   dX      : input pixels × c_in of one channel block; reduction over the kept blocks of that
 //             block column (all taps, and for stride s the taps of the pixel's phase only).
 //   dW      : rows of one kept block × its c_in; reduction over the valid pixels of its tap.
@@ -26,9 +29,16 @@ namespace sparsekit {
 namespace SPARSEKIT_ISA {
 namespace {
 
-constexpr int VL = 16;  // floats per vector
-typedef float vf __attribute__((vector_size(64)));
-typedef float vfu __attribute__((vector_size(64), aligned(4)));
+constexpr int VL = SPARSEKIT_VL;        // floats per vector
+constexpr int VREGS = SPARSEKIT_VREGS;  // vector registers a micro-kernel tile may use
+constexpr int MAX_NV = 64 / VL;         // vectors across the widest (64) block
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
+
+template <int N>
+struct Int {
+  static constexpr int value = N;
+};  // a compile-time int for the dispatchers below
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -41,8 +51,49 @@ inline int pow2_ceil(int64_t n) {
   return p;
 }
 
-// Max pixels per tile for NV vectors of accumulators (≤ 24 accumulators of 32 registers).
-inline int max_tile(int nv) { return nv == 1 ? 16 : (nv == 4 ? 4 : 8); }
+// Max pixels (rows) per tile for NV vectors across: the largest power of two ≤ 16 with MR·NV
+// accumulators + NV operand vectors + 1 broadcast ≤ VREGS (at least 1). On AVX-512 this gives
+// 16 / 8 / 8 / 4 for NV = 1..4; on AVX2 8 / 4 / 2 / 2 / 1 for NV = 1, 2, 3, 4, 8.
+constexpr int max_tile_for(int nv) {
+  int mr = 16;
+  while (mr > 1 && mr * nv + nv + 1 > VREGS) mr /= 2;
+  return mr;
+}
+inline int max_tile(int nv) { return max_tile_for(nv); }
+
+// Vectors across a width: the kernels are instantiated for NV = 1, 2, 3, 4, 8, 16 (those ≤
+// MAX_NV), so other counts round up; packed and padded rows are zero beyond the width.
+inline int vec_count(int64_t width) {
+  const int nv = (int)((width + VL - 1) / VL);
+  return nv <= 4 ? nv : (nv <= 8 ? 8 : 16);
+}
+
+// Calls f(Int<NV>{}) for a vector count from vec_count.
+template <typename F>
+void with_nv(int nv, F&& f) {
+  if (nv == 1) return f(Int<1>{});
+  if (nv == 2) return f(Int<2>{});
+  if (nv == 3) return f(Int<3>{});
+  if (nv == 4) return f(Int<4>{});
+  if constexpr (MAX_NV >= 8)
+    if (nv == 8) return f(Int<8>{});
+  if constexpr (MAX_NV >= 16) return f(Int<16>{});
+}
+
+// Calls f(Int<MR>{}) for a power of two MR ≤ max_tile_for(NV) (what the tile drivers ask).
+template <int NV, typename F>
+void with_mr(int mr, F&& f) {
+  constexpr int top = max_tile_for(NV);
+  if constexpr (top >= 16)
+    if (mr >= 16) return f(Int<16>{});
+  if constexpr (top >= 8)
+    if (mr >= 8) return f(Int<8>{});
+  if constexpr (top >= 4)
+    if (mr >= 4) return f(Int<4>{});
+  if constexpr (top >= 2)
+    if (mr >= 2) return f(Int<2>{});
+  return f(Int<1>{});
+}
 
 struct Buffer {  // 64-byte aligned scratch, freed on scope exit
   void* ptr = nullptr;
@@ -161,24 +212,11 @@ void forward_tile(const Problem& p, const Index& ix, const ForwardArgs& f) {
   }
 }
 
-template <int NV>
-void forward_tile_mr(int MR, const Problem& p, const Index& ix, const ForwardArgs& f) {
-  switch (MR) {
-    case 1: return forward_tile<1, NV>(p, ix, f);
-    case 2: return forward_tile<2, NV>(p, ix, f);
-    case 4: return forward_tile<4, NV>(p, ix, f);
-    case 8: return forward_tile<8, NV>(p, ix, f);
-    default: return forward_tile<16, NV>(p, ix, f);
-  }
-}
-
 void forward_tile_any(int nv, int MR, const Problem& p, const Index& ix, const ForwardArgs& f) {
-  switch (nv) {
-    case 1: return forward_tile_mr<1>(MR, p, ix, f);
-    case 2: return forward_tile_mr<2>(MR, p, ix, f);
-    case 3: return forward_tile_mr<3>(MR, p, ix, f);
-    default: return forward_tile_mr<4>(MR, p, ix, f);
-  }
+  with_nv(nv, [&](auto nv_) {
+    constexpr int NV = decltype(nv_)::value;
+    with_mr<NV>(MR, [&](auto mr_) { forward_tile<decltype(mr_)::value, NV>(p, ix, f); });
+  });
 }
 
 // Splits `count` units into groups so that tiles × groups gives every thread several items.
@@ -191,20 +229,20 @@ inline int64_t split_groups(int64_t tiles, int64_t count, int threads) {
 
 void forward(const Problem& p, const Index& ix, const float* x, const float* w, const float* bias,
              float* y) {
-  const int nv = (int)cdiv(p.bn, VL);
+  const int nv = vec_count(p.bn);
   const int64_t nnz = ix.row_ptr[p.grid_rows];
   const int64_t taps = p.kh * p.kw;
   Buffer packed(sizeof(float) * (nnz > 0 ? nnz : 1) * p.bk * nv * VL);
   Buffer meta(sizeof(KeptBlock) * (nnz > 0 ? nnz : 1));
   pack_forward(p, ix, nnz, nv, w, packed.as<float>(), meta.as<KeptBlock>());
 
-  const int64_t padded_n = p.grid_rows * p.bn + VL * 4;
+  const int64_t padded_n = p.grid_rows * p.bn + VL * MAX_NV;
   Buffer bias_buf(sizeof(float) * padded_n);
   float* bias_pad = bias_buf.as<float>();
   for (int64_t n = 0; n < padded_n; ++n) bias_pad[n] = (bias && n < p.c_out) ? bias[n] : 0.f;
-  Buffer zero_buf(sizeof(float) * (p.c_in + VL * 4));
+  Buffer zero_buf(sizeof(float) * (p.c_in + VL * MAX_NV));
   const float* zeros = zero_buf.as<float>();
-  std::memset(zero_buf.ptr, 0, sizeof(float) * (p.c_in + VL * 4));
+  std::memset(zero_buf.ptr, 0, sizeof(float) * (p.c_in + VL * MAX_NV));
 
   const int tile = imin(max_tile(nv), pow2_ceil(p.out_w));
   const int64_t tiles_per_row = cdiv(p.out_w, tile);
@@ -309,28 +347,16 @@ void grad_input_tile(const Problem& p, const Index& ix, const float* const* a,
   }
 }
 
-template <int NV>
-void grad_input_tile_mr(int MR, const Problem& p, const Index& ix, const float* const* a,
-                        const int64_t* tt, const bool* ok, int64_t terms, const float* packed,
-                        int64_t c0, int64_t c1, float* dx, int64_t ps, int64_t mr) {
-  switch (MR) {
-    case 1: return grad_input_tile<1, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
-    case 2: return grad_input_tile<2, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
-    case 4: return grad_input_tile<4, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
-    case 8: return grad_input_tile<8, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
-    default: return grad_input_tile<16, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
-  }
-}
-
 void grad_input_tile_any(int nv, int MR, const Problem& p, const Index& ix, const float* const* a,
                          const int64_t* tt, const bool* ok, int64_t terms, const float* packed,
                          int64_t c0, int64_t c1, float* dx, int64_t ps, int64_t mr) {
-  switch (nv) {
-    case 1: return grad_input_tile_mr<1>(MR, p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
-    case 2: return grad_input_tile_mr<2>(MR, p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
-    case 3: return grad_input_tile_mr<3>(MR, p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
-    default: return grad_input_tile_mr<4>(MR, p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps, mr);
-  }
+  with_nv(nv, [&](auto nv_) {
+    constexpr int NV = decltype(nv_)::value;
+    with_mr<NV>(MR, [&](auto mr_) {
+      grad_input_tile<decltype(mr_)::value, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps,
+                                                mr);
+    });
+  });
 }
 
 inline int64_t gcd(int64_t a, int64_t b) {
@@ -362,12 +388,12 @@ inline int64_t output_coord(int64_t i, int64_t sub, int64_t k, int64_t stride, i
 // taps reach them (step = stride / gcd(stride, upsample)), so a stride-2 dX runs as phase
 // sub-problems over their own taps; pixels no window reaches get exact zeros.
 void grad_input(const Problem& p, const Index& ix, const float* dy, const float* w, float* dx) {
-  const int nv = (int)cdiv(p.bk, VL);
+  const int nv = vec_count(p.bk);
   const int64_t nnz = ix.col_ptr[p.grid_cols];
   Buffer packed(sizeof(float) * (nnz > 0 ? nnz : 1) * p.bn * nv * VL);
   pack_transpose(p, ix, nv, w, packed.as<float>());
-  Buffer zero_buf(sizeof(float) * (p.grid_rows * p.bn + VL));
-  std::memset(zero_buf.ptr, 0, sizeof(float) * (p.grid_rows * p.bn + VL));
+  Buffer zero_buf(sizeof(float) * (p.grid_rows * p.bn + VL * MAX_NV));
+  std::memset(zero_buf.ptr, 0, sizeof(float) * (p.grid_rows * p.bn + VL * MAX_NV));
   const float* zeros = zero_buf.as<float>();
 
   const int64_t up = p.upsample;
@@ -431,7 +457,7 @@ namespace {
 
 constexpr int64_t DW_CHUNK = 128;  // pixels per chunk: the chunk's x and dy rows stay in L1/L2
 
-// acc[RN][NVK] += Σ_q dy[yo[q] + row0 + r] · x[xo[q] : + NVK·16] over one chunk of pixel pairs.
+// acc[RN][NVK] += Σ_q dy[yo[q] + row0 + r] · x[xo[q] : + NVK·VL] over one chunk of pixel pairs.
 template <int RN, int NVK>
 void grad_weight_rows(const float* dy, const int64_t* yo, const float* x, const int64_t* xo,
                       int64_t count, int64_t row0, float* acc_mem) {
@@ -453,25 +479,21 @@ void grad_weight_rows(const float* dy, const int64_t* yo, const float* x, const 
     for (int v = 0; v < NVK; ++v) storeu(acc_mem + (row0 + r) * stride + v * VL, acc[r][v]);
 }
 
-template <int NVK>
-void grad_weight_chunk(const float* dy, const int64_t* yo, const float* x, const int64_t* xo,
-                       int64_t count, int64_t rows, float* acc_mem) {
-  constexpr int RMAX = NVK == 1 ? 16 : (NVK == 4 ? 4 : 8);
-  int64_t r = 0;
-  for (; r + RMAX <= rows; r += RMAX) grad_weight_rows<RMAX, NVK>(dy, yo, x, xo, count, r, acc_mem);
-  for (; r + 4 <= rows; r += 4) grad_weight_rows<4, NVK>(dy, yo, x, xo, count, r, acc_mem);
-  for (; r + 2 <= rows; r += 2) grad_weight_rows<2, NVK>(dy, yo, x, xo, count, r, acc_mem);
-  for (; r < rows; ++r) grad_weight_rows<1, NVK>(dy, yo, x, xo, count, r, acc_mem);
+// Rows [r, rows) in tiles of RN, RN/2, ..., 1 rows.
+template <int RN, int NVK>
+void grad_weight_rows_from(const float* dy, const int64_t* yo, const float* x, const int64_t* xo,
+                           int64_t count, int64_t r, int64_t rows, float* acc_mem) {
+  for (; r + RN <= rows; r += RN) grad_weight_rows<RN, NVK>(dy, yo, x, xo, count, r, acc_mem);
+  if constexpr (RN > 1)
+    grad_weight_rows_from<RN / 2, NVK>(dy, yo, x, xo, count, r, rows, acc_mem);
 }
 
 void grad_weight_chunk_any(int nvk, const float* dy, const int64_t* yo, const float* x,
                            const int64_t* xo, int64_t count, int64_t rows, float* acc_mem) {
-  switch (nvk) {
-    case 1: return grad_weight_chunk<1>(dy, yo, x, xo, count, rows, acc_mem);
-    case 2: return grad_weight_chunk<2>(dy, yo, x, xo, count, rows, acc_mem);
-    case 3: return grad_weight_chunk<3>(dy, yo, x, xo, count, rows, acc_mem);
-    default: return grad_weight_chunk<4>(dy, yo, x, xo, count, rows, acc_mem);
-  }
+  with_nv(nvk, [&](auto nv_) {
+    constexpr int NVK = decltype(nv_)::value;
+    grad_weight_rows_from<max_tile_for(NVK), NVK>(dy, yo, x, xo, count, 0, rows, acc_mem);
+  });
 }
 
 // The valid (output pixel, input pixel) pairs of each tap, as element offsets of their dy and
@@ -510,7 +532,7 @@ void tap_pixel_pairs(const Problem& p, int64_t* count, int64_t* yo, int64_t* xo)
 void grad_weight(const Problem& p, const Index& ix, const float* dy, const float* x, float* dw) {
   const int64_t count = *ix.block_count;
   const int64_t taps = p.kh * p.kw, M = p.batch * p.out_h * p.out_w;
-  const int64_t acc_size = p.bn * cdiv(p.bk, VL) * VL;  // one block's accumulator, padded
+  const int64_t acc_size = p.bn * vec_count(p.bk) * VL;  // one block's accumulator, padded
   const int threads = p.threads;
   if (count == 0) return;
   Buffer pair_count(sizeof(int64_t) * taps);
@@ -540,7 +562,7 @@ void grad_weight(const Problem& p, const Index& ix, const float* dy, const float
     const int th = omp_get_thread_num(), nth = omp_get_num_threads();
     float* mine = partial + th * count * acc_size;
     std::memset(mine, 0, sizeof(float) * count * acc_size);
-    Buffer xpad_buf(sizeof(float) * DW_CHUNK * cdiv(p.bk, VL) * VL);
+    Buffer xpad_buf(sizeof(float) * DW_CHUNK * vec_count(p.bk) * VL);
     Buffer pad_off_buf(sizeof(int64_t) * DW_CHUNK);
     float* xpad = xpad_buf.as<float>();
     int64_t* pad_off = pad_off_buf.as<int64_t>();
@@ -555,10 +577,10 @@ void grad_weight(const Problem& p, const Index& ix, const float* dy, const float
           const int64_t i = by_tap[j];
           const int64_t row = ix.block_row[i];
           const BlockCols bc = block_cols(p, ix.col_idx[i]);
-          const int nvk = (int)cdiv(bc.width, VL);
+          const int nvk = vec_count(bc.width);
           const float* dy_block = dy + row * p.bn;
           float* acc = mine + i * acc_size;
-          if (bc.width % VL == 0) {
+          if (bc.width == nvk * VL) {  // whole vectors: read x in place
             grad_weight_chunk_any(nvk, dy_block, yo + start, x + bc.c0, xo + start, q_end,
                                   block_height(p, row), acc);
             continue;
@@ -580,7 +602,7 @@ void grad_weight(const Problem& p, const Index& ix, const float* dy, const float
       const int64_t row = ix.block_row[i];
       const BlockCols bc = block_cols(p, ix.col_idx[i]);
       const int64_t n0 = row * p.bn, rows = block_height(p, row);
-      const int64_t stride = cdiv(bc.width, VL) * VL;
+      const int64_t stride = vec_count(bc.width) * VL;
       float* total = partial + i * acc_size;  // thread 0's partial collects the sum
       for (int t = 1; t < nth; ++t) {
         const float* part = partial + (t * count + i) * acc_size;

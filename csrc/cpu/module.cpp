@@ -4,7 +4,9 @@
 // common/problem.h, in declaration order) and the index-array pointers; the caller
 // (sparsekit/backends/cpu.py) allocates outputs and guarantees contiguous NHWC activations and
 // K-contiguous weights.
-// The ISA is chosen once at import: AVX-512 kernels where the CPU has AVX-512F, else portable.
+// ISA: the kernels are built once per instruction set this architecture has (kernels.h); the
+// best one the CPU supports runs unless select_isa() picks another (SPARSEKIT_CPU_ISA, applied by
+// sparsekit/backends/cpu.py at import).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <omp.h>
@@ -24,19 +26,84 @@ using sparsekit::Problem;
 
 namespace {
 
-// SPARSEKIT_CPU_ISA=generic forces the portable kernels (to test them on an AVX-512 machine).
-bool has_avx512() {
-  const char* forced = std::getenv("SPARSEKIT_CPU_ISA");
-  if (forced && std::string(forced) == "generic") return false;
-#if defined(__x86_64__) || defined(__i386__)
+struct Isa {
+  const char* name;
+  bool (*supported)();
+  decltype(&sparsekit::generic::forward) forward;
+  decltype(&sparsekit::generic::grad_input) grad_input;
+  decltype(&sparsekit::generic::grad_weight) grad_weight;
+};
+
+#if defined(__x86_64__)
+bool cpu_has(const char* feature_set) {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
+  if (std::string(feature_set) == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
 #endif
+bool always() { return true; }
+
+#define SPARSEKIT_ISA_ENTRY(ns, supported) \
+  Isa { #ns, supported, sparsekit::ns::forward, sparsekit::ns::grad_input, sparsekit::ns::grad_weight }
+
+// Best first: the default is the first one the CPU supports.
+const Isa kIsas[] = {
+#if defined(__x86_64__)
+    SPARSEKIT_ISA_ENTRY(avx512, [] { return cpu_has("avx512"); }),
+    SPARSEKIT_ISA_ENTRY(avx2, [] { return cpu_has("avx2"); }),
+#endif
+#if defined(__aarch64__)
+    SPARSEKIT_ISA_ENTRY(neon, always),
+#endif
+    SPARSEKIT_ISA_ENTRY(generic, always),
+};
+
+const Isa* best_isa() {
+  for (const Isa& isa : kIsas)
+    if (isa.supported()) return &isa;
+  return &kIsas[sizeof(kIsas) / sizeof(kIsas[0]) - 1];
 }
 
-const bool kAvx512 = has_avx512();
+const Isa* g_isa = best_isa();
+
+std::vector<std::string> isas_built() {
+  std::vector<std::string> names;
+  for (const Isa& isa : kIsas) names.emplace_back(isa.name);
+  return names;
+}
+
+std::vector<std::string> isas_supported() {
+  std::vector<std::string> names;
+  for (const Isa& isa : kIsas)
+    if (isa.supported()) names.emplace_back(isa.name);
+  return names;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const std::string& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+// Runs the kernels with ISA `name` ("" = the best the CPU supports); '' or why it cannot.
+std::string select_isa(const std::string& name) {
+  if (name.empty()) {
+    g_isa = best_isa();
+    return "";
+  }
+  for (const Isa& isa : kIsas) {
+    if (name != isa.name) continue;
+    if (!isa.supported())
+      return "this CPU cannot run the " + name + " kernels (it supports: " +
+             join(isas_supported()) + ")";
+    g_isa = &isa;
+    return "";
+  }
+  return "no " + name + " kernels are built for this architecture (built: " + join(isas_built()) +
+         ")";
+}
 
 Problem make_problem(const std::vector<int64_t>& d, int threads) {
   if (d.size() != static_cast<size_t>(kProblemFields))
@@ -64,7 +131,7 @@ void forward(const std::vector<int64_t>& dims, int threads, uintptr_t x, uintptr
   const Problem p = make_problem(dims, threads);
   const Index ix = make_index(row_ptr, col_idx, 0, 0, block_row, 0);
   py::gil_scoped_release release;
-  (kAvx512 ? sparsekit::avx512::forward : sparsekit::generic::forward)(
+  g_isa->forward(
       p, ix, ptr<float>(x), ptr<float>(w), ptr<float>(bias), reinterpret_cast<float*>(y));
 }
 
@@ -73,7 +140,7 @@ void grad_input(const std::vector<int64_t>& dims, int threads, uintptr_t dy, uin
   const Problem p = make_problem(dims, threads);
   const Index ix = make_index(0, 0, col_ptr, row_idx, 0, 0);
   py::gil_scoped_release release;
-  (kAvx512 ? sparsekit::avx512::grad_input : sparsekit::generic::grad_input)(
+  g_isa->grad_input(
       p, ix, ptr<float>(dy), ptr<float>(w), reinterpret_cast<float*>(dx));
 }
 
@@ -82,7 +149,7 @@ void grad_weight(const std::vector<int64_t>& dims, int threads, uintptr_t dy, ui
   const Problem p = make_problem(dims, threads);
   const Index ix = make_index(0, col_idx, 0, 0, block_row, block_count);
   py::gil_scoped_release release;
-  (kAvx512 ? sparsekit::avx512::grad_weight : sparsekit::generic::grad_weight)(
+  g_isa->grad_weight(
       p, ix, ptr<float>(dy), ptr<float>(x), reinterpret_cast<float*>(dw));
 }
 
@@ -91,8 +158,12 @@ void grad_weight(const std::vector<int64_t>& dims, int threads, uintptr_t dy, ui
 PYBIND11_MODULE(_C, m) {
   m.doc() = "sparsekit CPU kernels (torch-free; pointers and sizes)";
   m.attr("PROBLEM_FIELDS") = kProblemFields;
-  m.def("isa", []() { return std::string(kAvx512 ? "avx512" : "generic"); },
-        "Instruction set the kernels run with.");
+  m.def("isa", []() { return std::string(g_isa->name); }, "Instruction set the kernels run with.");
+  m.def("isas_built", &isas_built, "Instruction sets built for this architecture, best first.");
+  m.def("isas_supported", &isas_supported, "The built instruction sets this CPU can run.");
+  m.def("select_isa", &select_isa,
+        "Run the kernels with this instruction set ('' = the best supported); returns '' or why "
+        "not.");
   m.def("openmp_max_threads", []() { return omp_get_max_threads(); });
   m.def("forward", &forward, "y = x̂ · W_keptᵀ + bias");
   m.def("grad_input", &grad_input, "dX = dY · W_kept");

@@ -11,6 +11,9 @@ Every backend module defines::
     conv2d_dw(dy, x, weight, idx, geom, dense_dw) -> dw
 
 where ``idx`` is a :class:`BlockIndex` and ``geom`` a :class:`sparsekit.geometry.ConvGeometry`.
+A backend may also define ``auto_declines(op, x, weight, idx, geom=None) -> str | None``: why
+``auto`` should run a call it supports as masked dense torch instead (it would be slower than
+dense there); a forced backend ignores it.
 ``op`` names one of the six. Inputs arrive contiguous (linear) or channels_last (conv) with the
 weight in channels_last; only ``sparsekit.ops`` dispatches between backends.
 """
@@ -65,5 +68,5 @@ def availability(name):
     try:
         load(name)
         return True, ""
-    except BackendUnavailable as e:
+    except (BackendUnavailable, ValueError) as e:  # ValueError: a bad SPARSEKIT_* setting
         return False, str(e)

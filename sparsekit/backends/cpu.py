@@ -1,5 +1,15 @@
 """The C++/OpenMP CPU backend (``sparsekit._C``): fp32, blocks up to 64×64, any conv geometry.
 
+The kernels are built once per instruction set of the architecture (AVX-512, AVX2+FMA on x86-64;
+NEON on aarch64; a portable build everywhere) and the best one the CPU supports runs;
+``SPARSEKIT_CPU_ISA=<isa>`` picks another built one the CPU can run (a ValueError names the
+choices otherwise). ``_C.isa()`` says which runs.
+
+Never slower than dense, in ``auto``: :func:`auto_declines` hands a call to masked dense torch
+(the reference backend, announced once) where the block kernels cannot win — on the portable
+build (no vector ISA for this CPU: oneDNN uses whatever SIMD the CPU has) and above the density
+crossover measured for the ISA (``CROSSOVER``). A forced ``cpu`` backend always runs the kernels.
+
 Inputs arrive contiguous NHWC (conv) / row-major (linear) from ``sparsekit.ops``; this module
 checks what the kernels need, allocates outputs and passes pointers. A linear layer runs as the
 1×1 conv of a ``[1, 1, M, K]`` image. Threads: ``torch.get_num_threads()``.
@@ -14,6 +24,7 @@ count is free here: CPU index buffers are host memory.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -28,8 +39,18 @@ try:
 except ImportError as e:  # pragma: no cover - only without a built extension
     raise BackendUnavailable(f"sparsekit._C is not built ({e}); reinstall with `pip install -e .`") from e
 
+_isa_error = _C.select_isa(os.environ.get("SPARSEKIT_CPU_ISA", ""))
+if _isa_error:
+    raise ValueError(f"SPARSEKIT_CPU_ISA={os.environ['SPARSEKIT_CPU_ISA']!r}: {_isa_error}")
+
 MAX_BLOCK = 64
 DENSE_WHEN_FULL = True
+#: Share of blocks kept above which ``auto`` runs a layer as dense torch, per ISA. Measured on the
+#: SNGAN 3×3 convs (batch 16, 32×32 blocks, forward and forward+backward vs oneDNN limited to the
+#: same ISA; benchmarks/README.md, "CPU: instruction sets and the dense crossover"): AVX-512 is
+#: 1.1–1.3× at 0.75, AVX2 1.2–1.4× at 0.5 but 0.8–1.0× at 0.75. NEON is not measured yet: it
+#: takes AVX2's value (both have 32-byte-or-less vectors and fewer FLOP per cycle).
+CROSSOVER = {"avx512": 0.85, "avx2": 0.6, "neon": 0.6}
 
 
 def unsupported(op, x, weight, idx, geom=None):
@@ -41,6 +62,19 @@ def unsupported(op, x, weight, idx, geom=None):
         return "unstructured (1×1) blocks run on the reference backend"
     if idx.block_n > MAX_BLOCK or idx.block_k > MAX_BLOCK:
         return f"block {(idx.block_n, idx.block_k)} has a side above {MAX_BLOCK}"
+    return None
+
+
+def auto_declines(op, x, weight, idx, geom=None):
+    """Why ``auto`` should run this call as dense torch (the kernels would be slower), or None."""
+    isa = _C.isa()
+    if isa not in CROSSOVER:
+        return (f"the {isa} (portable) CPU kernels are slower than dense torch; this CPU has "
+                "no vector ISA they are built for")
+    kept = int(idx.row_ptr[-1]) / max(1, idx.bitmap.numel())  # host memory: no sync
+    if kept > CROSSOVER[isa]:
+        return (f"layouts keeping more than {CROSSOVER[isa]:.0%} of their blocks run faster as "
+                f"dense torch than on the {isa} kernels")
     return None
 
 
