@@ -72,8 +72,14 @@ def conv2d_dx(dy, weight, idx, geom: ConvGeometry, input_hw):
 
 
 def conv2d_dw(dy, x, weight, idx, geom: ConvGeometry, dense_dw):
-    dw = torch.nn.grad.conv2d_weight(_upsampled(x, geom), weight.shape, dy, geom.stride,
-                                     geom.padding, geom.dilation)
+    x = _upsampled(x, geom)
+    if x.device.type == "cpu" and max(geom.stride) > 1:
+        # oneDNN (torch 2.14, AVX2 code path) computes a wrong weight gradient for strided
+        # channels_last convs at small odd channel counts (1×1 stride 2, 5→7 channels: relative
+        # error 0.64); its NCHW path is right, so the oracle takes that one.
+        x, dy = x.contiguous(), dy.contiguous()
+    dw = torch.nn.grad.conv2d_weight(x, weight.shape, dy, geom.stride, geom.padding,
+                                     geom.dilation)
     if not dense_dw:
         dw = _mask_like(dw, weight, idx)
     return torch.empty_like(weight).copy_(dw)
