@@ -42,7 +42,9 @@ def _params():
     """(device, dtype, batch, case, impl, pass, density, block) for every benchmark."""
     out = []
     # device, dtype, batch, cases, impls, quick passes, quick densities, quick blocks
-    devices = [("cpu", torch.float32, CPU_BATCH, CPU_CASES, ["sparse:cpu"],
+    # sparse:auto is what a user gets: the kernels, or dense torch where they would be slower
+    # (cpu.auto_declines); quick for 32×32 blocks only.
+    devices = [("cpu", torch.float32, CPU_BATCH, CPU_CASES, ["sparse:cpu", "sparse:auto"],
                 ("fwd", "fwd+bwd"), DENSITIES, BLOCKS)]
     if torch.cuda.is_available():
         gpu_impls = [f"sparse:{b}" for b in ("triton", "cuda") if _available(b)]
@@ -58,7 +60,8 @@ def _params():
                 combos = itertools.product(impls + (["bsr"] if bsr_applies(case) and pass_ == "fwd" else []),
                                            DENSITIES, BLOCKS)
                 for impl, density, block in combos:
-                    in_quick = quick and density in quick_densities and block in quick_blocks
+                    in_quick = (quick and density in quick_densities and block in quick_blocks
+                                and (impl != "sparse:auto" or block == (32, 32)))
                     out.append(pytest.param(device, dtype, batch, case, impl, pass_, density, block,
                                             marks=() if in_quick else pytest.mark.full))
     return out

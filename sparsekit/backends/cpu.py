@@ -45,12 +45,12 @@ if _isa_error:
 
 MAX_BLOCK = 64
 DENSE_WHEN_FULL = True
-#: Share of blocks kept above which ``auto`` runs a layer as dense torch, per ISA. Measured on the
-#: SNGAN 3×3 convs (batch 16, 32×32 blocks, forward and forward+backward vs oneDNN limited to the
-#: same ISA; benchmarks/README.md, "CPU: instruction sets and the dense crossover"): AVX-512 is
-#: 1.1–1.3× at 0.75, AVX2 1.2–1.4× at 0.5 but 0.8–1.0× at 0.75. NEON is not measured yet: it
-#: takes AVX2's value (both have 32-byte-or-less vectors and fewer FLOP per cycle).
-CROSSOVER = {"avx512": 0.85, "avx2": 0.6, "neon": 0.6}
+#: Share of blocks kept above which ``auto`` runs a layer as dense torch, per ISA: where the
+#: SNGAN 3×3 convs (batch 16, 32×32 blocks, fwd and fwd+bwd) fall to ~1× of oneDNN limited to the
+#: same ISA (``python -m benchmarks.crossover``, 2-core Zen 4): AVX-512 1.0–1.3× at 0.75, 0.96–
+#: 1.15× at 0.85; AVX2 1.1–1.3× at 0.6, 0.86–1.0× at 0.75. NEON is not measured yet and takes
+#: AVX2's value (fewer FLOP per cycle than AVX-512, like AVX2).
+CROSSOVER = {"avx512": 0.8, "avx2": 0.6, "neon": 0.6}
 
 
 def unsupported(op, x, weight, idx, geom=None):
