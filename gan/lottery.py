@@ -18,10 +18,10 @@ from sparsekit.dst import Ticket, imp_prune, snapshot
 from .data import load as load_data
 
 
-def run_lottery(cfg, out):
+def run_lottery(cfg, out, data=None):
     from .train import run
 
-    data = load_data(cfg.data)
+    data = data if data is not None else load_data(cfg.data)
     rounds, ticket, rewind = [], None, {}
 
     def capture(trainer):

@@ -172,16 +172,36 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
     return summary, trainer
 
 
+def preflight(cfg: Config, out: str, resume: bool):
+    """Check what a user can get wrong before any training: the data, the checkpoint to resume
+    and the InceptionV3 weights file. Raises FileNotFoundError, ValueError or CheckpointError
+    with a message naming the flag; returns the loaded data."""
+    data = load_data(cfg.data)
+    if set(cfg.metric_names()) & {"fid", "is"} and not (
+            cfg.inception_weights and os.path.isfile(cfg.inception_weights)):
+        raise FileNotFoundError(f"--inception-weights: fid/is need a local InceptionV3 weights "
+                                f"file (torch-fidelity's); got {cfg.inception_weights!r}")
+    if resume:
+        if cfg.method == "lottery":
+            raise ValueError("--resume is not supported for --method lottery (rerun the rounds)")
+        checkpoint.load(os.path.join(out, "checkpoint.pt"))  # validated now, applied by run()
+    return data
+
+
 def main(argv=None):
     cfg, out, resume = parse(argv)
+    try:
+        data = preflight(cfg, out, resume)
+    except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
+        # A user error: one line and exit 2, as argparse does for a bad value.
+        print(f"python -m gan.train: error: {e}", file=sys.stderr)
+        return 2
     if cfg.method == "lottery":
         from .lottery import run_lottery
 
-        if resume:
-            raise SystemExit("--resume is not supported for --method lottery (rerun the rounds)")
-        summary = run_lottery(cfg, out)
+        summary = run_lottery(cfg, out, data=data)
     else:
-        summary, _ = run(cfg, out, resume)
+        summary, _ = run(cfg, out, resume, data=data)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -172,3 +172,50 @@ def test_plot_writes_training_curves(tmp_path):
     assert main(TINY + ["--method", "ddst", "--steps", "2", "--out", str(out)]) == 0
     assert plot.main([str(out)]) == 0
     assert (out / "training.png").stat().st_size > 0
+
+
+class _RunsCodeWhenUnpickled:
+    """What a crafted checkpoint can carry: an object whose unpickling calls a function."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling would create the marker file
+
+
+def test_loading_a_checkpoint_never_runs_code_from_it(tmp_path, capsys):
+    from gan import eval as gan_eval
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "iteration": 1, "config": {}, "G": {}, "D": {},
+                "opt_G": {}, "opt_D": {}, "rng": _RunsCodeWhenUnpickled(str(marker))}, str(evil))
+    with pytest.raises(checkpoint.CheckpointError, match="never runs its code"):
+        checkpoint.load(str(evil))
+    with pytest.raises(SystemExit) as exit_info:
+        gan_eval.main([str(evil)])
+    assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
+    assert not marker.exists(), "unpickling ran code from the checkpoint"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "cifar10:/no/such/dir"], "cifar10: expected the python pickle batches"),
+    (["--data", "folder:/no/such/dir"], "folder: '/no/such/dir' is not a directory"),
+    (["--metrics", "fid"], "--inception-weights: fid/is need a local InceptionV3 weights file"),
+    (["--metrics", "fid", "--inception-weights", "/no/such.pth"], "got '/no/such.pth'"),
+])
+def test_user_errors_print_one_error_line_and_exit_2(argv, message, capsys, tmp_path):
+    assert main(TINY + ["--steps", "2", "--out", str(tmp_path / "run")] + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m gan.train: error: ") and message in err[0]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(Config(model="dcgan", width=0.125, batch_size=8).to_json())
+    assert main(["--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error: no checkpoint at" in err and "Traceback" not in err
