@@ -5,15 +5,28 @@
 entries are exactly zero, and a :class:`BlockLayout` child that says which blocks are kept. Their
 ``state_dict`` is the dense layer's plus ``layout.bitmap``; a dense checkpoint (no bitmap) loads
 into a sparse layer and is masked with its current layout.
+
+Spectral norm, in both of torch's styles, carries over (``from_dense``/``sparsify``): the raw
+weight (``parametrizations.weight.original``, or the hook style's ``weight_orig``) stays the same
+Parameter and is the one masked; the power-iteration vectors ``u``/``v`` are kept as they are;
+σ is computed on the masked raw weight, and the raw weight's gradient is zero outside the kept
+blocks (so an optimizer step keeps pruned entries at zero); the state_dict keys stay those of the
+dense spectral-norm module. Weight norm and other parametrizations are refused, naming the layer.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import sys
+import warnings
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
+
+_HookSpectralNorm = sys.modules["torch.nn.utils.spectral_norm"].SpectralNorm
 
 from .geometry import make_geometry
 from .layout import BlockLayout, check_density
@@ -44,13 +57,22 @@ class _SparseMixin:
         weight_parameter(self).masked_fill_(self.layout.pruned_mask(), 0.0)
         return self
 
+    def _set_weight(self, weight, norm):
+        """Hold ``weight`` (a Parameter) as ``weight``, or as ``weight_orig`` under hook-style
+        spectral norm (whose pre-hook computes ``weight`` before every forward)."""
+        if norm == "spectral_norm (hook)":
+            self.register_parameter("weight_orig", weight)
+        else:
+            self.weight = weight
+
     def _init_layout(self, density, init, generator=None):
         density = check_density(density)
+        raw = weight_parameter(self)
         if init == "magnitude":
-            fresh = BlockLayout.from_weight(self.weight, self.layout.block, density)
+            fresh = BlockLayout.from_weight(raw, self.layout.block, density)
         elif init == "random":
-            fresh = BlockLayout.random(self.weight.shape, self.layout.block, density,
-                                       generator=generator, device=self.weight.device)
+            fresh = BlockLayout.random(raw.shape, self.layout.block, density,
+                                       generator=generator, device=raw.device)
         else:
             raise ValueError(f"init must be 'magnitude' or 'random', got {init!r}")
         self.layout.update(fresh.bitmap)
@@ -79,11 +101,97 @@ def _keep_parameter(param, memory_format=None):
     return param
 
 
-def _refuse_parametrized(module):
-    if parametrize.is_parametrized(module) or hasattr(module, "weight_orig"):
-        raise ValueError(
-            f"{type(module).__name__} carries a parametrization (e.g. spectral norm); sparsify "
-            "the plain module first, then apply torch.nn.utils.parametrizations.spectral_norm")
+class _MaskedSpectralNorm(_SpectralNorm):
+    """torch's spectral-norm parametrization on the layer's masked weight: σ and the power
+    iteration see pruned entries as zero, and their gradient is zero."""
+
+    def forward(self, weight):
+        return super().forward(weight.masked_fill(self.__dict__["_layout"].pruned_mask(), 0.0))
+
+
+class _MaskedHookSpectralNorm(_HookSpectralNorm):
+    """torch's hook-style spectral norm (``nn.utils.spectral_norm``) on the masked ``weight_orig``.
+
+    Its ``compute_weight`` reads ``module.<name>_orig``; for that one call the entry is the masked
+    view (a differentiable function of the same Parameter), so σ and the gradient both see the
+    pruned entries as zero.
+    """
+
+    def compute_weight(self, module, do_power_iteration):
+        key = self.name + "_orig"
+        original = module._parameters[key]
+        module._parameters[key] = original.masked_fill(module.layout.pruned_mask(), 0.0)
+        try:
+            return super().compute_weight(module, do_power_iteration)
+        finally:
+            module._parameters[key] = original
+
+
+def _norm_hooks(module):
+    """(the hook-style SpectralNorm on ``module``'s weight or None, its state-dict hook, its
+    load-state-dict pre-hook) — the hooks unwrapped from torch's bookkeeping."""
+    pre = [h for h in module._forward_pre_hooks.values()
+           if isinstance(h, _HookSpectralNorm) and h.name == "weight"]
+    if not pre:
+        return None, None, None
+    fn = pre[0]
+
+    def owned(hooks):
+        for h in hooks:
+            h = getattr(h, "hook", h)  # load pre-hooks are wrapped
+            if getattr(h, "fn", None) is fn:
+                return h
+        return None
+
+    return (fn, owned(module._state_dict_hooks.values()),
+            owned(module._load_state_dict_pre_hooks.values()))
+
+
+def raw_weight(module):
+    """``module``'s raw weight Parameter and a description of its weight reparametrization
+    ("", "spectral_norm" or "spectral_norm (hook)"); raises ValueError for any other (weight norm,
+    a custom parametrization) naming what it found."""
+    name = type(module).__name__
+    if parametrize.is_parametrized(module, "weight"):
+        kinds = [type(p) for p in module.parametrizations.weight]
+        if all(k in (_SpectralNorm, _MaskedSpectralNorm) for k in kinds) and len(kinds) == 1:
+            return module.parametrizations.weight.original, "spectral_norm"
+        raise ValueError(f"{name}: its weight carries the parametrization(s) "
+                         f"{[k.__name__ for k in kinds]}; sparsekit supports spectral norm only "
+                         "(a single torch.nn.utils.parametrizations.spectral_norm)")
+    if parametrize.is_parametrized(module):
+        raise ValueError(f"{name}: parametrized tensors {sorted(module.parametrizations.keys())} "
+                         "other than the weight's spectral norm are not supported")
+    fn, _, _ = _norm_hooks(module)
+    if fn is not None:
+        return module.weight_orig, "spectral_norm (hook)"
+    if hasattr(module, "weight_g") or hasattr(module, "weight_orig"):
+        raise ValueError(f"{name}: its weight carries a hook-style reparametrization other than "
+                         "spectral norm (e.g. torch.nn.utils.weight_norm), which sparsekit does "
+                         "not support; remove it or use spectral norm")
+    return module.weight, ""
+
+
+def _adopt_spectral_norm(dense, sparse, kind):
+    """Move ``dense``'s spectral norm (same u/v, same raw Parameter) onto ``sparse``, masked."""
+    if kind == "spectral_norm":
+        sn = dense.parametrizations.weight[0]
+        sn.__class__ = _MaskedSpectralNorm
+        sn.__dict__["_layout"] = sparse.layout  # not a submodule: no state_dict keys
+        # SN's right_inverse is the identity, so the original stays the same Parameter.
+        parametrize.register_parametrization(sparse, "weight", sn, unsafe=True)
+    elif kind == "spectral_norm (hook)":
+        fn, state_hook, load_hook = _norm_hooks(dense)
+        fn.__class__ = _MaskedHookSpectralNorm
+        sparse.register_buffer("weight_u", dense.weight_u)
+        sparse.register_buffer("weight_v", dense.weight_v)
+        sparse.register_forward_pre_hook(fn)
+        if state_hook is not None:
+            sparse._register_state_dict_hook(state_hook)
+        if load_hook is not None:
+            sparse._register_load_state_dict_pre_hook(load_hook)
+        with torch.no_grad():
+            sparse.weight = fn.compute_weight(sparse, do_power_iteration=False).detach()
 
 
 class SparseLinear(_SparseMixin, nn.Module):
@@ -114,13 +222,15 @@ class SparseLinear(_SparseMixin, nn.Module):
         """
         if not isinstance(module, nn.Linear):
             raise TypeError(f"module must be an nn.Linear, got {type(module).__name__}")
-        _refuse_parametrized(module)
+        weight, norm = raw_weight(module)
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self.in_features, self.out_features = module.in_features, module.out_features
-        self.weight, self.bias = module.weight, module.bias
-        self.layout = BlockLayout(self.weight.shape, block, device=self.weight.device)
+        self._set_weight(weight, norm)
+        self.bias = module.bias
+        self.layout = BlockLayout(weight.shape, block, device=weight.device)
         self.register_load_state_dict_post_hook(_after_load)
+        _adopt_spectral_norm(module, self, norm)
         self._init_layout(density, init, generator)
         return self
 
@@ -154,15 +264,16 @@ class SparseConv2d(_SparseMixin, nn.Module):
         if check_density(density) < 1.0:
             self._init_layout(density, "random")
 
-    def _setup(self, conv, upsample, block):
+    def _setup(self, conv, upsample, block, weight=None, norm=""):
         geom = make_geometry(conv.stride, conv.padding, conv.dilation, upsample)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size = tuple(conv.kernel_size)
         self.stride, self.padding, self.dilation = geom.stride, geom.padding, geom.dilation
         self.upsample = geom.upsample
-        self.weight = _keep_parameter(conv.weight, torch.channels_last)
+        weight = _keep_parameter(conv.weight if weight is None else weight, torch.channels_last)
+        self._set_weight(weight, norm)
         self.bias = conv.bias
-        self.layout = BlockLayout(self.weight.shape, block, device=self.weight.device)
+        self.layout = BlockLayout(weight.shape, block, device=weight.device)
         self.register_load_state_dict_post_hook(_after_load)
 
     @classmethod
@@ -177,10 +288,11 @@ class SparseConv2d(_SparseMixin, nn.Module):
             raise ValueError(f"only padding_mode='zeros' is supported, got {module.padding_mode!r}")
         if isinstance(module.padding, str):
             raise ValueError(f"padding must be given as ints, got padding={module.padding!r}")
-        _refuse_parametrized(module)
+        weight, norm = raw_weight(module)
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self._setup(module, upsample, block)
+        self._setup(module, upsample, block, weight, norm)
+        _adopt_spectral_norm(module, self, norm)
         self._init_layout(density, init, generator)
         return self
 
@@ -212,8 +324,34 @@ def _matches(name, patterns):
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+class LayerReport(NamedTuple):
+    """What ``sparsify`` did with one Linear/Conv2d-like layer."""
+
+    name: str
+    kind: str              # "Linear", "Conv2d", "ConvTranspose2d", ...
+    sparse: bool
+    density: Optional[float]  # kept fraction of the layer's elements (sparse layers)
+    block: Optional[tuple]
+    spectral_norm: str     # "", "spectral_norm" or "spectral_norm (hook)"
+    reason: str            # why it stayed dense ("" when sparse)
+
+    def __str__(self):
+        if self.sparse:
+            sn = f", {self.spectral_norm}" if self.spectral_norm else ""
+            return (f"{self.name}: {self.kind} sparse, density {self.density:.3f}, "
+                    f"block {self.block[0]}x{self.block[1]}{sn}")
+        return f"{self.name}: {self.kind} dense ({self.reason})"
+
+
+_CANDIDATES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Conv1d, nn.Conv3d, nn.Bilinear)
+
+
+def _base_type(module):
+    return parametrize.type_before_parametrizations(module)
+
+
 def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclude=(),
-             init="magnitude", generator=None) -> nn.Module:
+             init="magnitude", generator=None, return_report=False, verbose=False):
     """Replace ``model``'s ``nn.Linear``/``nn.Conv2d`` layers (in place) by sparse twins.
 
     Args:
@@ -223,12 +361,20 @@ def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclud
             A pattern that matches no eligible layer is an error.
         exclude: module-name patterns to leave dense (e.g. the first and last layer).
         init: "magnitude" or "random" initial block selection.
+        return_report: also return a list of :class:`LayerReport`, one per weight layer of the
+            model: which became sparse (density, block, spectral norm) and which stayed dense
+            and why (excluded, not selected, an unsupported kind or option).
+        verbose: print that report.
 
-    The layers keep their Parameter objects, so an optimizer built before still steps them.
-    Returns ``model``.
+    Layers under spectral norm (either torch style) keep it (see the module docstring). The
+    layers keep their Parameter objects, so an optimizer built before still steps them. A layer
+    that the selection matches but that cannot be converted (groups > 1, a weight-norm hook, ...)
+    stays dense with a warning naming it and why. Returns ``model`` (and the report).
     """
-    eligible = {name: m for name, m in model.named_modules()
-                if type(m) in (nn.Linear, nn.Conv2d) and name}
+    candidates = {name: m for name, m in model.named_modules()
+                  if name and issubclass(_base_type(m), _CANDIDATES)
+                  and not isinstance(m, (SparseLinear, SparseConv2d))}
+    eligible = {n: m for n, m in candidates.items() if _base_type(m) in (nn.Linear, nn.Conv2d)}
     if isinstance(exclude, str) or isinstance(include, str):
         raise TypeError("include/exclude must be sequences of name patterns, not a single string")
     for patterns, what in ((include or (), "include"), (exclude, "exclude")):
@@ -241,19 +387,42 @@ def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclud
         unknown = set(densities) - set(eligible)
         if unknown:
             raise ValueError(f"density names unknown layers {sorted(unknown)}; eligible: {sorted(eligible)}")
-    for name, module in eligible.items():
+    report = []
+    for name, module in candidates.items():
+        kind = _base_type(module).__name__
+
+        def dense(reason, warn=False):
+            report.append(LayerReport(name, kind, False, None, None, "", reason))
+            if warn:
+                warnings.warn(f"sparsify: {name} ({kind}) stays dense: {reason}", stacklevel=3)
+
+        if name not in eligible:
+            dense(f"{kind} layers are not supported (nn.Linear and nn.Conv2d are)",
+                  warn=include is None or _matches(name, include))
+            continue
         if include is not None and not _matches(name, include):
+            dense("not matched by include")
             continue
         if _matches(name, exclude):
+            dense("excluded")
             continue
         if densities is not None and name not in densities:
+            dense("no density given for it")
             continue
         d = densities[name] if densities is not None else density
-        cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
-        sparse = cls.from_dense(module, density=d, block=block, init=init, generator=generator)
+        cls = SparseLinear if _base_type(module) is nn.Linear else SparseConv2d
+        try:
+            sparse = cls.from_dense(module, density=d, block=block, init=init, generator=generator)
+        except ValueError as e:  # an unsupported option of this layer: said, never skipped silently
+            dense(str(e), warn=True)
+            continue
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
-    return model
+        report.append(LayerReport(name, kind, True, sparse.layout.density(), sparse.layout.block,
+                                  raw_weight(sparse)[1], ""))
+    if verbose:
+        print("sparsify:\n  " + "\n  ".join(str(r) for r in report))
+    return (model, report) if return_report else model
 
 
 def sparse_layers(model: nn.Module):
@@ -261,4 +430,5 @@ def sparse_layers(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))]
 
 
-__all__ = ["SparseLinear", "SparseConv2d", "sparsify", "sparse_layers", "weight_parameter"]
+__all__ = ["SparseLinear", "SparseConv2d", "sparsify", "sparse_layers", "weight_parameter",
+           "raw_weight", "LayerReport"]

@@ -72,10 +72,13 @@ def test_sparsify_refuses_unknown_names():
         sparsify(Tiny(), density={"nope": 0.5}, block=(16, 16))
 
 
-def test_from_dense_refuses_spectral_norm():
-    conv = nn.utils.parametrizations.spectral_norm(nn.Conv2d(8, 8, 3))
-    with pytest.raises(ValueError, match="spectral norm"):
+def test_from_dense_refuses_weight_norm_naming_the_layer():
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv2d(8, 8, 3))
+    with pytest.raises(ValueError, match="Conv2d.*_WeightNorm.*spectral norm only"):
         SparseConv2d.from_dense(conv, density=0.5, block=(8, 8))
+    with pytest.warns(UserWarning, match="stays dense"):
+        model, report = sparsify(nn.Sequential(conv), density=0.5, block=(8, 8), return_report=True)
+    assert not report[0].sparse and "_WeightNorm" in report[0].reason
 
 
 def test_state_dict_round_trip_and_dense_checkpoint_load():

@@ -12,6 +12,7 @@ import fnmatch
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..layout import element_mask
 from ..nn import SparseConv2d, SparseLinear, sparsify, weight_parameter
@@ -57,6 +58,11 @@ class ManagedLayer:
         return element_mask(bitmap, self.layout.weight_shape, self.layout.block)
 
 
+def base_type(module: nn.Module) -> type:
+    """``module``'s class before any parametrization (torch swaps in a generated subclass)."""
+    return parametrize.type_before_parametrizations(module)
+
+
 def _check_patterns(patterns, what, names):
     if patterns is None:
         return ()
@@ -79,12 +85,14 @@ def find_layers(model: nn.Module, layer_types=("conv", "linear"), include=None, 
         raise ValueError(f"layer_types must be a non-empty sequence drawn from {tuple(LAYER_TYPES)}, "
                          f"got {layer_types!r}")
     all_types = tuple(t for ts in LAYER_TYPES.values() for t in ts)
-    eligible = {n: m for n, m in model.named_modules() if n and type(m) in all_types}
+    # type_before_parametrizations: a layer under parametrized spectral norm has a generated
+    # subclass as its type
+    eligible = {n: m for n, m in model.named_modules() if n and base_type(m) in all_types}
     include = _check_patterns(include, "include", eligible)
     exclude = _check_patterns(exclude, "exclude", eligible)
     wanted = tuple(t for kind in layer_types for t in LAYER_TYPES[kind])
     chosen = {n: m for n, m in eligible.items()
-              if type(m) in wanted
+              if base_type(m) in wanted
               and (not include or any(fnmatch.fnmatchcase(n, p) for p in include))
               and not any(fnmatch.fnmatchcase(n, p) for p in exclude)}
     if not chosen:
@@ -96,7 +104,7 @@ def find_layers(model: nn.Module, layer_types=("conv", "linear"), include=None, 
 def make_sparse(model: nn.Module, modules: dict, block) -> list[ManagedLayer]:
     """Convert the dense ones among ``modules`` to sparse twins (density 1, same Parameters) and
     return handles in the given order. A sparse layer must already use ``block``."""
-    dense = [n for n, m in modules.items() if type(m) in (nn.Conv2d, nn.Linear)]
+    dense = [n for n, m in modules.items() if base_type(m) in (nn.Conv2d, nn.Linear)]
     for name, m in modules.items():
         if name not in dense and m.layout.block != tuple(block):
             raise ValueError(f"block {tuple(block)} differs from the block {m.layout.block} of the "

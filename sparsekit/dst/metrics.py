@@ -13,7 +13,23 @@ import torch
 from torch import nn
 
 from ..nn import weight_parameter
-from .layers import LAYER_TYPES
+from .layers import LAYER_TYPES, base_type
+
+
+class _RecordPositions:
+    """Forward hook recording one layer's output positions, then removing itself. A class, not a
+    closure, so a model carrying it can be pickled and deep-copied."""
+
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __call__(self, module, inputs, output):
+        if isinstance(output, torch.Tensor) and output.dim() >= 2:
+            per_row = output.shape[-1] if isinstance(module, LAYER_TYPES["linear"]) else output.shape[1]
+            self.owner.positions[self.name] = max(1, output.numel() // (output.shape[0] * per_row))
+        handle = self.owner._handles.pop(self.name, None)
+        if handle is not None:
+            handle.remove()
 
 
 class OutputPositions:
@@ -21,19 +37,10 @@ class OutputPositions:
 
     def __init__(self, model: nn.Module):
         types = tuple(t for ts in LAYER_TYPES.values() for t in ts)
-        self.modules = {n: m for n, m in model.named_modules() if n and type(m) in types}
+        self.modules = {n: m for n, m in model.named_modules() if n and base_type(m) in types}
         self.positions = {n: 1 for n in self.modules}
-        self._handles = {n: m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()}
-
-    def _hook(self, name):
-        def record(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() >= 2:
-                per_row = output.shape[-1] if isinstance(module, LAYER_TYPES["linear"]) else output.shape[1]
-                self.positions[name] = max(1, output.numel() // (output.shape[0] * per_row))
-            handle = self._handles.pop(name, None)
-            if handle is not None:
-                handle.remove()
-        return record
+        self._handles = {n: m.register_forward_hook(_RecordPositions(self, n))
+                         for n, m in self.modules.items()}
 
     def flops_fraction(self, kept: dict[str, int]) -> float:
         """Forward MACs relative to the dense model: ``kept`` elements of the managed layers, the
