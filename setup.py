@@ -8,7 +8,8 @@ everywhere. The module picks the best ISA the CPU supports at run time. No x86 f
 handed to a compiler for another architecture.
 
 Where ``nvcc`` is found (and ``SPARSEKIT_NO_CUDA`` is not set) it also builds
-``sparsekit._C_cuda`` from csrc/cuda, linked against the static CUDA runtime so that importing it
+``sparsekit._C_cuda`` from csrc/cuda (sm_80 and sm_90a code, compute_90 PTX for newer GPUs),
+linked against the static CUDA runtime so that importing it
 needs no GPU and no CUDA shared libraries.
 
 Compilation runs in parallel (``MAX_JOBS``, default: all cores) and is incremental: an object is
@@ -34,7 +35,10 @@ ISA_FLAGS = {
 }
 ARCH_ISAS = {"x86_64": ("avx512", "avx2"), "aarch64": ("neon",)}
 ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
-CUDA_ARCHS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]
+# Machine code for sm_80 and sm_90a, plus compute_90 PTX that the driver JIT-compiles on newer
+# GPUs (the kernels use no sm_90a-only instruction, so the portable PTX is the same code).
+CUDA_ARCHS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
+              "-gencode=arch=compute_90,code=compute_90"]
 
 
 def target_arch():

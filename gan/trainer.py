@@ -36,6 +36,11 @@ def _set_precision(cfg: Config):
     tf32 = cfg.precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    if cfg.device == "cuda":  # the sparse layers too (DESIGN §3); the cuda backend stays IEEE
+        try:
+            sparsekit.backends.load("triton").allow_tf32 = tf32
+        except sparsekit.backends.BackendUnavailable:
+            pass
 
 
 class Trainer:

@@ -117,3 +117,22 @@ def test_setup_builds_each_architectures_isas_and_no_x86_flag_reaches_arm(monkey
     assert "-mavx2" in setup.isa_flags("csrc/cpu/kernels_avx2.cpp")
     monkeypatch.setenv("SPARSEKIT_TARGET_ARCH", "arm64")
     assert setup.target_arch() == "aarch64"
+
+
+def test_cuda_module_embeds_sm80_sm90a_code_and_ptx_for_newer_gpus():
+    """sm_80/sm_90a machine code, and compute_90 PTX the driver can JIT on a newer GPU."""
+    try:
+        from sparsekit import _C_cuda
+    except ImportError:
+        pytest.skip("sparsekit._C_cuda not built here (no nvcc at install time)")
+    try:
+        import triton
+    except ImportError:
+        pytest.skip("no cuobjdump: it comes with triton's package")
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        pytest.skip("triton's package carries no cuobjdump here")
+    ptx = subprocess.run([tool, "--list-ptx", _C_cuda.__file__], capture_output=True, text=True)
+    elf = subprocess.run([tool, "--list-elf", _C_cuda.__file__], capture_output=True, text=True)
+    assert "sm_90.ptx" in ptx.stdout, ptx.stdout + ptx.stderr
+    assert "sm_80.cubin" in elf.stdout and "sm_90a.cubin" in elf.stdout, elf.stdout
