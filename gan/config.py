@@ -52,6 +52,10 @@ class Config:
     block: str = _h("sparse block BNxBK (e.g. 16x16, 32x32, 16x64) or 'unstructured' (1x1, runs on "
                     "the reference backend)", default="16x16")
     distribution: Optional[str] = _h("per-layer densities: erk or uniform", default=None)
+    sparse_layers: Optional[str] = _h("weights the DST engines manage, for equal budgets across "
+                                      "methods: 'convs' or 'all' (convs and linears); default: "
+                                      "the method preset's (stu-gan, lottery: convs; others: all)",
+                                      default=None)
     update_every: Optional[int] = _h("mask-update period ΔT in generator iterations (never scaled)",
                                      default=None)
     prune_fraction: Optional[float] = _h("initial prune fraction p0 of each mask update", default=None)
@@ -111,6 +115,8 @@ class Config:
                                  f"got {getattr(self, name)!r}")
         if self.distribution not in (None, "erk", "uniform"):
             raise ValueError(f"--distribution must be erk or uniform, got {self.distribution!r}")
+        if self.sparse_layers not in (None, "convs", "all"):
+            raise ValueError(f"--sparse-layers must be convs or all, got {self.sparse_layers!r}")
         positive = ["steps", "batch_size", "eval_samples", "log_every"]
         for name in positive:
             if getattr(self, name) <= 0:

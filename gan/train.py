@@ -164,7 +164,11 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
         "wall_time_s": time.perf_counter() - wall_start,
         "train_time_s": trainer.train_seconds,
         "sec_per_iter": trainer.train_seconds / max(1, trainer.iteration),
+        "block": cfg.block,
+        "sparse_layers": cfg.sparse_layers or "preset",
+        # kept fraction of the weights the engines manage, and of all of G's / D's weights
         "densities": {"G": trainer.densities()["density_G"], "D": trainer.densities()["density_D"]},
+        "densities_all": trainer.densities_all(),
         "metrics": metrics,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:

@@ -98,6 +98,9 @@ class Trainer:
         for name in ("distribution", "update_every", "prune_fraction"):
             if getattr(self.cfg, name) is not None:
                 overrides[name] = getattr(self.cfg, name)
+        if self.cfg.sparse_layers is not None:
+            overrides["layer_types"] = {"convs": ("conv",), "all": ("conv", "linear")}[
+                self.cfg.sparse_layers]
         return DynamicSparsity.from_preset(model, optimizer, self.preset, network, **overrides)
 
     # ------------------------------------------------------------------ one iteration
@@ -138,13 +141,16 @@ class Trainer:
         g_loss.backward()
         self.D.requires_grad_(True)
         self.opt_G.step()
-        if self.engine_G is not None:
-            self.engine_G.step(it)
         br = None
         if it % self.br_every == 0:
+            # As ADAPT: D(G_after(z)) right after G's optimizer step and before G's mask update,
+            # and D(x) from the current D (after its last step), on the last real batch.
             with torch.no_grad():
                 after = self.D(self.G(z)).mean()
-            br = self.balance.add(fake_logits.detach().mean(), after, real_logits.detach().mean())
+                real_now = self.D(real).mean()
+            br = self.balance.add(fake_logits.detach().mean(), after, real_now)
+        if self.engine_G is not None:
+            self.engine_G.step(it)
         self._update_ema()
         self.train_seconds += time.perf_counter() - start
         row = {"iteration": it, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
@@ -168,9 +174,21 @@ class Trainer:
             be.copy_(b)
 
     def densities(self) -> dict:
+        """Kept fraction of the weights each engine manages (1.0 without an engine)."""
         def d(engine):
             return float(engine.kept()) / engine.total_numel if engine is not None else 1.0
         return {"density_G": d(self.engine_G), "density_D": d(self.engine_D)}
+
+    def densities_all(self) -> dict:
+        """Kept fraction over *all* conv/linear weights of G and D (managed or not): what a
+        comparison at equal budgets must hold equal."""
+        def d(model, engine):
+            layers = [m for m in model.modules() if isinstance(m, SN_TYPES)]
+            total = sum(sparsekit.nn.weight_parameter(m).numel() for m in layers)
+            managed = engine.total_numel if engine is not None else 0
+            kept = float(engine.kept()) if engine is not None else 0.0
+            return (kept + total - managed) / total
+        return {"G": d(self.G, self.engine_G), "D": d(self.D, self.engine_D)}
 
     def exploration(self) -> dict:
         """G's exploration rate (share of weights ever active) and the mask change of its last

@@ -219,3 +219,31 @@ def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, capsys):
     assert main(["--resume", str(out)]) == 2
     err = capsys.readouterr().err
     assert "error: no checkpoint at" in err and "Traceback" not in err
+
+
+def test_sparse_layers_gives_every_method_the_same_managed_weights(tmp_path):
+    """stu-gan manages G's convs only; --sparse-layers all makes it manage the linear too, so its
+    G density over all weights equals the target like static's."""
+    out = {}
+    for method, flag in (("stu-gan", []), ("stu-gan", ["--sparse-layers", "all"]),
+                         ("static", [])):
+        run_dir = tmp_path / f"{method}-{len(flag)}"
+        assert main(TINY + ["--method", method, "--steps", "2", "--g-density", "0.2",
+                            "--d-density", "0.5", "--out", str(run_dir)] + flag) == 0
+        out[(method, len(flag))] = json.loads((run_dir / "summary.json").read_text())
+        assert json.loads((run_dir / "config.json").read_text())["sparse_layers"] == \
+            (flag[1] if flag else None)
+    preset, fair, static = out[("stu-gan", 0)], out[("stu-gan", 2)], out[("static", 0)]
+    for summary in (preset, fair, static):
+        assert summary["block"] == "16x16" and set(summary["densities_all"]) == {"G", "D"}
+    assert preset["sparse_layers"] == "preset" and fair["sparse_layers"] == "all"
+    # the dense fc of DCGAN's G holds most of its weights: managed 20 % is far more overall
+    assert preset["densities_all"]["G"] > 0.5
+    assert abs(fair["densities_all"]["G"] - 0.2) < 0.05
+    assert abs(static["densities_all"]["G"] - 0.2) < 0.05
+
+
+def test_bad_sparse_layers_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(TINY + ["--sparse-layers", "linears"])
+    assert "--sparse-layers must be convs or all" in capsys.readouterr().err

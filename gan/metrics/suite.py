@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 
@@ -43,6 +44,10 @@ def inception_metrics(real, fake, weights_path, names):
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore
 
+    if len(fake) < 10_000:
+        warnings.warn(f"fid/is on {len(fake)} generated images are biased (FID upward): the "
+                      "papers use 50k; compare only runs evaluated on the same count",
+                      stacklevel=3)
     out = {}
     if "fid" in names:
         fid = FrechetInceptionDistance(feature=_inception(weights_path, ["2048"]))
@@ -52,7 +57,9 @@ def inception_metrics(real, fake, weights_path, names):
             fid.update(_to_uint8(fake[i:i + 100]), real=False)
         out["fid"] = float(fid.compute())
     if "is" in names:
-        score = InceptionScore(feature=_inception(weights_path, ["logits_unbiased"]), splits=1)
+        # 10 splits, the convention since Salimans et al. (fewer when there are too few images)
+        score = InceptionScore(feature=_inception(weights_path, ["logits_unbiased"]),
+                               splits=max(1, min(10, len(fake) // 100)))
         for i in range(0, len(fake), 100):
             score.update(_to_uint8(fake[i:i + 100]))
         out["is"] = float(score.compute()[0])
