@@ -247,3 +247,18 @@ def test_bad_sparse_layers_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(TINY + ["--sparse-layers", "linears"])
     assert "--sparse-layers must be convs or all" in capsys.readouterr().err
+
+
+def test_study_runs_a_grid_resumes_and_writes_results(tmp_path, capsys):
+    from gan import study
+
+    argv = ["--out", str(tmp_path), "--methods", "dense,static", "--seeds", "2",
+            "--metric", "coverage", "--train-args", " ".join(TINY + ["--steps", "2"])]
+    assert study.main(argv) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| dense | 2 |" in text and "| static | 2 |" in text and "±" in text
+    assert (tmp_path / "results.png").stat().st_size > 0
+    assert json.loads((tmp_path / "static-s1" / "config.json").read_text())["sparse_layers"] == "all"
+    capsys.readouterr()
+    assert study.main(argv) == 0  # every cell done: nothing reruns
+    assert "->" not in capsys.readouterr().out
