@@ -262,3 +262,38 @@ def test_study_runs_a_grid_resumes_and_writes_results(tmp_path, capsys):
     capsys.readouterr()
     assert study.main(argv) == 0  # every cell done: nothing reruns
     assert "->" not in capsys.readouterr().out
+
+
+def test_a_ddst_run_reaches_mask_updates_br_samples_and_an_adjustment(tmp_path):
+    """210 iterations with the scaled periods (ΔT 10, BR every 10 into a 10-sample window, the
+    DDST period = the window's 100-iteration span): G's mask is updated several times, the
+    balance ratio is sampled, and the controller acts at iteration 200 (at 100 the window holds 9
+    samples: D's steps, where the controller runs, come before that iteration's BR sample)."""
+    from gan.config import Config
+    from gan.data import load
+
+    cfg = Config(method="ddst", model="dcgan", width=0.125, batch_size=8, steps=210,
+                 eval_samples=24, metrics="coverage", log_every=10, d_density=0.3).validate()
+    updates, samples, actions = set(), [], {}
+
+    def watch(trainer):
+        if trainer.engine_G.last_update:
+            updates.add(trainer.engine_G.last_update["iteration"])
+        samples.append(len(trainer.balance))
+        if trainer.controller.last_action is not None:
+            actions.setdefault(trainer.iteration, trainer.controller.last_action)
+
+    summary, trainer = run(cfg, str(tmp_path / "ddst"), on_step=watch, data=load("digits"))
+    assert len(updates) >= 2, f"G's mask was updated at {sorted(updates)}"
+    assert max(samples) >= 2 and trainer.balance.full
+    assert min(actions) == 200 and actions[200] in ("grow", "prune", "hold"), actions
+    assert summary["densities"]["D"] > 0
+
+
+def test_an_sngan_trainer_run(tmp_path):
+    out = tmp_path / "sngan"
+    assert main(["--model", "sngan", "--width", "0.125", "--batch-size", "8", "--steps", "2",
+                 "--eval-samples", "24", "--metrics", "coverage", "--method", "stu-gan",
+                 "--block", "16x16", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "sngan" and 0 < summary["densities_all"]["G"] < 1
