@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sparsekit.dst.presets import PRESETS
+from sparsekit.dst.presets import PRESETS, IMPPreset
 
 from .losses import LOSSES
 from .metrics.suite import METRICS
@@ -78,10 +78,13 @@ class Config:
                                    default=None)
     log_every: int = _h("log losses every N iterations", default=10)
     tensorboard: bool = _h("also write TensorBoard logs (needs the tensorboard package)", default=False)
-    rounds: int = _h("lottery: IMP rounds after the dense round", default=2)
-    prune_rate: float = _h("lottery: share of the remaining weights pruned per round", default=0.2)
-    rewind_step: int = _h("lottery: rewind survivors to their values at this iteration (0 = init)",
-                          default=0)
+    rounds: int = _h("lottery: IMP rounds after the dense round (default: the paper's 10)",
+                     default=IMPPreset.rounds)
+    prune_rate: float = _h("lottery: share of the remaining weights pruned per round (the "
+                           "paper's 0.2)", default=IMPPreset.rate)
+    rewind_step: int = _h("lottery: rewind G's survivors and D to their values at this iteration "
+                          "and retrain from there (0 = the initialisation θ₀; the paper's option: "
+                          "5-20 %% of --steps)", default=IMPPreset.rewind_step)
 
     # ------------------------------------------------------------------ derived values
     def block_shape(self):
@@ -139,6 +142,9 @@ class Config:
             raise ValueError(f"--width must be > 0, got {self.width}")
         if not 0.0 < self.prune_rate < 1.0:
             raise ValueError(f"--prune-rate must be in (0, 1), got {self.prune_rate}")
+        if self.method == "lottery" and self.rewind_step >= self.steps:
+            raise ValueError(f"--rewind-step must be below --steps ({self.steps}), got "
+                             f"{self.rewind_step}")
         if self.rounds < 1 or self.rewind_step < 0:
             raise ValueError("--rounds must be >= 1 and --rewind-step >= 0")
         unknown = set(self.metric_names()) - set(METRICS)

@@ -70,3 +70,21 @@ def test_gan_flow_ddst():
         assert torch.count_nonzero(twin.weight[~layer.layout.element_mask()]) == 0
     m = eng_g.metrics()
     assert m["exploration_rate"] > m["density"] and 0 < m["flops_fraction"] < 1
+
+
+def test_flops_count_the_fused_upsample_convs_at_their_output_size():
+    """G's upsampling convs run the fused kernel; the FLOP bookkeeping must see their (large)
+    output, not count one position."""
+    import torch
+
+    from gan.models import build
+    from sparsekit.dst import DynamicSparsity
+
+    G, _ = build("sngan", 0.125)
+    engine = DynamicSparsity(G, density=0.5, block=(8, 8), method="static")
+    G(torch.randn(2, G.z_dim))
+    positions = engine._positions.positions
+    ups = {n: v for n, v in positions.items() if n.endswith("conv1.conv")}
+    # GBlock k upsamples 4·2^k → 8·2^k: its conv1 computes (8·2^k)² output positions
+    assert ups == {"blocks.0.conv1.conv": 64, "blocks.1.conv1.conv": 256,
+                   "blocks.2.conv1.conv": 1024}, positions

@@ -297,3 +297,23 @@ def test_an_sngan_trainer_run(tmp_path):
                  "--block", "16x16", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "sngan" and 0 < summary["densities_all"]["G"] < 1
+
+
+def test_lottery_late_rewind_resumes_g_and_d_from_iteration_t(tmp_path):
+    out = tmp_path / "lth"
+    assert main(TINY + ["--method", "lottery", "--steps", "4", "--rounds", "1",
+                        "--rewind-step", "2", "--out", str(out)]) == 0
+    with open(out / "round_1" / "log.csv") as f:
+        iterations = [int(float(r["iteration"])) for r in csv.DictReader(f)]
+    assert iterations == [3, 4]  # round 1 resumed after the rewind point
+    summary = json.loads((out / "lottery.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    assert summary["rounds"][1]["density_G"] < 0.85
+
+
+def test_lottery_defaults_come_from_the_imp_preset():
+    from sparsekit.dst.presets import IMPPreset
+
+    cfg = Config(method="lottery")
+    assert (cfg.rounds, cfg.prune_rate, cfg.rewind_step) == (IMPPreset.rounds, IMPPreset.rate,
+                                                              IMPPreset.rewind_step) == (10, 0.2, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from sparsekit import SparseConv2d, block_sparse_conv2d
+from sparsekit import SparseConv2d
 
 
 class UpsampleConv(nn.Module):
@@ -13,7 +13,9 @@ class UpsampleConv(nn.Module):
 
     Dense: ``conv(interpolate(x))``. Once the DST engine has replaced ``conv`` by a
     ``SparseConv2d``, the upsampling is fused into the kernel's input addressing (never
-    materialised) and the input gradient comes back at the small resolution.
+    materialised) and the input gradient comes back at the small resolution: the sparse conv gets
+    ``upsample = 2`` on its first call and is called as a module, so its forward hooks (the DST
+    engine's FLOP bookkeeping) see the upsampled output.
     """
 
     def __init__(self, c_in, c_out, kernel_size=3, padding=1):
@@ -23,8 +25,8 @@ class UpsampleConv(nn.Module):
     def forward(self, x):
         conv = self.conv
         if isinstance(conv, SparseConv2d):
-            return block_sparse_conv2d(x, conv.weight, conv.layout, conv.bias, conv.stride,
-                                       conv.padding, conv.dilation, upsample=2)
+            conv.upsample = 2
+            return conv(x)
         return conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
