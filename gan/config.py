@@ -62,7 +62,9 @@ class Config:
     paper_exact: bool = _h("keep the papers' periods (ΔT, DDST period, BR window) instead of "
                            "scaling them by steps/100k (floor 10)", default=False)
     backend: str = _h("sparsekit backend: auto, reference, cpu, triton, cuda", default="auto")
-    precision: str = _h("fp32 (IEEE), tf32 (CUDA matmul/conv in TF32) or bf16", default="fp32")
+    precision: str = _h("fp32 (IEEE), tf32 (CUDA matmul/conv and the Triton layers in TF32) or "
+                        "bf16 (autocast; fp32 master weights and Adam state; sparse layers in "
+                        "bf16 on CUDA, on the fp32 kernels on CPU)", default="fp32")
     device: str = _h("cpu or cuda", default="cpu")
     seed: int = _h("seed of everything (init, masks, data order, noise)", default=0)
     eval_every: Optional[int] = _h("evaluate every N iterations (default: steps/4; 0: only at the end)",

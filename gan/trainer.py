@@ -10,6 +10,7 @@ sample: D(G_before(z)), D(G_after(z)) with the same z, and D(x) of the last real
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -30,9 +31,9 @@ SN_TYPES = (nn.Conv2d, nn.Linear, sparsekit.SparseConv2d, sparsekit.SparseLinear
 
 
 def _set_precision(cfg: Config):
-    if cfg.precision == "bf16":
-        raise ValueError("--precision bf16 is not supported by the trainer yet (the kernels are; "
-                         "mixed-precision training is future work): use fp32 or tf32")
+    """fp32 (IEEE), tf32 (TF32 matmul/conv on CUDA, the Triton layers too) or bf16 (autocast
+    around the forward passes: fp32 master weights and Adam state, no loss scaling — bf16 has
+    fp32's exponent range)."""
     tf32 = cfg.precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
@@ -110,6 +111,13 @@ class Trainer:
     def _real(self):
         return self.batches.next().to(self.device)
 
+    def _autocast(self):
+        """The forward passes' precision context: bf16 autocast for --precision bf16 (sparse ops
+        follow their own rules: bf16 on CUDA, fp32 kernels on CPU), else nothing."""
+        if self.cfg.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def _lr_scale(self, it):
         return 1.0 - (it - 1) / self.cfg.steps if self.cfg.lr_decay == "linear" else 1.0
 
@@ -124,10 +132,11 @@ class Trainer:
         start = time.perf_counter()
         for _ in range(self.n_dis):
             real = self._real()
-            with torch.no_grad():
-                fake = self.G(self._z(cfg.batch_size))
-            real_logits, fake_logits = self.D(real), self.D(fake)
-            d_loss = losses.d_loss(cfg.loss, real_logits, fake_logits)
+            with self._autocast():
+                with torch.no_grad():
+                    fake = self.G(self._z(cfg.batch_size))
+                real_logits, fake_logits = self.D(real), self.D(fake)
+                d_loss = losses.d_loss(cfg.loss, real_logits.float(), fake_logits.float())
             self.opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_D.step()
@@ -135,8 +144,9 @@ class Trainer:
                 self.engine_D.step(it)
         z = self._z(cfg.batch_size)
         self.D.requires_grad_(False)  # G's step needs D's dX only: skip D's (discarded) dW
-        fake_logits = self.D(self.G(z))
-        g_loss = losses.g_loss(cfg.loss, fake_logits)
+        with self._autocast():
+            fake_logits = self.D(self.G(z)).float()
+            g_loss = losses.g_loss(cfg.loss, fake_logits)
         self.opt_G.zero_grad(set_to_none=True)
         g_loss.backward()
         self.D.requires_grad_(True)
@@ -145,10 +155,10 @@ class Trainer:
         if it % self.br_every == 0:
             # As ADAPT: D(G_after(z)) right after G's optimizer step and before G's mask update,
             # and D(x) from the current D (after its last step), on the last real batch.
-            with torch.no_grad():
-                after = self.D(self.G(z)).mean()
-                real_now = self.D(real).mean()
-            br = self.balance.add(fake_logits.detach().mean(), after, real_now)
+            with torch.no_grad(), self._autocast():
+                after = self.D(self.G(z)).float().mean()
+                real_now = self.D(real).float().mean()
+            br = self.balance.add(fake_logits.detach().float().mean(), after, real_now)
         if self.engine_G is not None:
             self.engine_G.step(it)
         self._update_ema()

@@ -239,6 +239,17 @@ def _conv_backward(ctx, dy):
 conv2d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
 
 
+# ----------------------------------------------------------------------------------- autocast
+# Under torch.autocast the forward ops cast their floating inputs (x, weight, bias) to the dtype
+# their kernels run fast in — bf16 on CUDA (fp32 accumulation; the master weights stay fp32, the
+# cast is a copy autograd differentiates through); fp32 on CPU, whose kernels are fp32 (so a
+# sparse layer is not pushed onto the slow reference path by a CPU autocast region). The
+# backward ops receive tensors already in that dtype.
+for _op in (linear_fwd, conv2d_fwd):
+    _op.register_autocast("cuda", torch.bfloat16)
+    _op.register_autocast("cpu", torch.float32)
+
+
 # ----------------------------------------------------------------------------------- public API
 def _check_common(x, weight, layout, bias):
     if not isinstance(layout, BlockLayout):
@@ -248,7 +259,8 @@ def _check_common(x, weight, layout, bias):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if x.dtype != weight.dtype:
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        # (under torch.autocast the ops' autocast rules cast them to one dtype)
         raise TypeError(f"x and weight must have the same dtype, got x {x.dtype} and weight {weight.dtype}")
     if x.device != weight.device:
         raise ValueError(f"x and weight must be on the same device, got x on {x.device} and "
@@ -264,7 +276,8 @@ def _check_common(x, weight, layout, bias):
             raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-        if bias.dtype != weight.dtype or bias.device != weight.device:
+        if (bias.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type)) \
+                or bias.device != weight.device:
             raise TypeError(f"bias must match weight's dtype and device ({weight.dtype}, {weight.device}), "
                             f"got ({bias.dtype}, {bias.device})")
 

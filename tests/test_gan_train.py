@@ -317,3 +317,12 @@ def test_lottery_defaults_come_from_the_imp_preset():
     cfg = Config(method="lottery")
     assert (cfg.rounds, cfg.prune_rate, cfg.rewind_step) == (IMPPreset.rounds, IMPPreset.rate,
                                                               IMPPreset.rewind_step) == (10, 0.2, 0)
+
+
+def test_bf16_training_keeps_fp32_master_weights(tmp_path):
+    out = tmp_path / "bf16"
+    assert main(TINY + ["--method", "static", "--steps", "2", "--precision", "bf16",
+                        "--out", str(out)]) == 0
+    state = checkpoint.load(str(out / "checkpoint.pt"))
+    assert all(v.dtype == torch.float32 for k, v in state["G"].items()
+               if k.endswith("weight") and v.is_floating_point())

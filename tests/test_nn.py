@@ -115,3 +115,22 @@ def test_spectral_norm_state_survives_a_checkpoint_load():
     b.load_state_dict(a.state_dict())
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_autocast_rules_of_the_sparse_ops():
+    """CPU autocast keeps sparse layers on the fp32 CPU kernels; CUDA autocast runs them in bf16
+    (registered for both devices; the CUDA rule runs where a GPU is)."""
+    import sparsekit.ops as ops
+
+    ops._fallbacks.clear()
+    conv = SparseConv2d(16, 16, 3, padding=1, block=(16, 16), density=0.5)
+    x = torch.randn(2, 16, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x.to(torch.bfloat16))
+        y.float().sum().backward()
+    assert y.dtype == torch.float32 and conv.weight.grad.dtype == torch.float32
+    assert not ops.fallbacks_taken(), ops.fallbacks_taken()
+    for name in ("conv2d_fwd", "linear_fwd"):
+        op = getattr(torch.ops.sparsekit, name).default
+        for key in ("AutocastCPU", "AutocastCUDA"):
+            assert op.has_kernel_for_dispatch_key(getattr(torch._C.DispatchKey, key)), (name, key)
