@@ -27,12 +27,13 @@ announces (once per reason) a fallback to ``reference``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import backends
 from .backends import BlockIndex, routing
@@ -250,6 +251,79 @@ for _op in (linear_fwd, conv2d_fwd):
     _op.register_autocast("cpu", torch.float32)
 
 
+# ----------------------------------------------------------------------------------- eager path
+# Called eagerly (not under torch.compile, export, fake tensors or functorch transforms), the
+# public functions skip torch.library's dispatch — wrappers, schema handling and aliasing checks
+# that cost 30–250 µs per op on a CPU and more on a GPU host — and run the same backends through
+# one autograd.Function; the registered ops above stay what torch.compile, opcheck and
+# torch.ops.sparsekit.* use. Same dispatch (_select), same kernels, same results; autocast gets
+# the ops' own rules (_AUTOCAST_DTYPE).
+_AUTOCAST_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
+
+
+def _eager(*tensors) -> bool:
+    """Whether the direct path may run: plain tensors, nothing tracing or transforming them."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
+        return False
+    return all(t is None or type(t) in (Tensor, nn.Parameter) for t in tensors)
+
+
+def _autocast(x, weight, bias):
+    """(x, weight, bias) cast as the ops' autocast rules would (a differentiable copy)."""
+    device = x.device.type
+    if device not in _AUTOCAST_DTYPE or not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = _AUTOCAST_DTYPE[device]
+    return (x.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None)
+
+
+class _EagerSparse(torch.autograd.Function):
+    """y = op(x, weight, bias) through the selected backend; backward dX, dW (kept blocks, or
+    dense with ``dense_dw``) and db, each only when needed. ``geom`` None means linear."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, idx, geom, dense_dw):
+        ctx.save_for_backward(x, weight)
+        ctx.idx, ctx.geom, ctx.dense_dw = idx, geom, dense_dw
+        # as the registered ops' autocast rules: the kernels run with autocast off (inputs were
+        # cast by _autocast), so a reference fallback cannot mix dtypes
+        with torch.autocast(x.device.type, enabled=False) if x.device.type in _AUTOCAST_DTYPE \
+                else contextlib.nullcontext():
+            if geom is None:
+                return _select("linear_fwd", x, weight, idx).linear_fwd(x, weight, bias, idx)
+            return _select("conv2d_fwd", x, weight, idx, geom).conv2d_fwd(x, weight, bias, idx,
+                                                                          geom)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        idx, geom = ctx.idx, ctx.geom
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx = dw = db = None
+        if geom is None:
+            dy = dy.contiguous()
+            if need_x:
+                dx = _select("linear_dx", dy, weight, idx).linear_dx(dy, weight, idx)
+            if need_w:
+                dw = _select("linear_dw", dy, weight, idx).linear_dw(dy, x, weight, idx,
+                                                                     ctx.dense_dw)
+            if need_b:
+                db = dy.sum(0)
+        else:
+            dy = dy.contiguous(memory_format=torch.channels_last)
+            if need_x:
+                dx = _select("conv2d_dx", dy, weight, idx, geom).conv2d_dx(
+                    dy, weight, idx, geom, tuple(x.shape[2:]))
+            if need_w:
+                dw = _select("conv2d_dw", dy, weight, idx, geom).conv2d_dw(
+                    dy, x, weight, idx, geom, ctx.dense_dw)
+            if need_b:
+                db = dy.sum(dim=(0, 2, 3))
+        return dx, dw, db, None, None, None
+
+
 # ----------------------------------------------------------------------------------- public API
 def _check_common(x, weight, layout, bias):
     if not isinstance(layout, BlockLayout):
@@ -295,8 +369,14 @@ def block_sparse_linear(x: Tensor, weight: Tensor, layout: BlockLayout,
         raise ValueError(f"x must have shape [..., {weight.shape[1]}] (in_features), got {tuple(x.shape)}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, weight.shape[1]).contiguous()
-    y = torch.ops.sparsekit.linear_fwd(x2, weight.contiguous(), bias, *layout.index_tensors(),
-                                       *layout.block, layout.dense_dw)
+    if _eager(x2, weight, bias):
+        x2, weight, bias = _autocast(x2, weight, bias)
+        idx = BlockIndex(*layout.index_tensors(), *layout.block)
+        y = _EagerSparse.apply(x2, weight.contiguous(), bias, idx, None, layout.dense_dw)
+    else:
+        y = torch.ops.sparsekit.linear_fwd(x2, weight.contiguous(), bias,
+                                           *layout.index_tensors(), *layout.block,
+                                           layout.dense_dw)
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -320,6 +400,12 @@ def block_sparse_conv2d(x: Tensor, weight: Tensor, layout: BlockLayout, bias: Op
         raise ValueError(f"the conv's output would be empty ({h_out}×{w_out}) for input "
                          f"{tuple(x.shape[2:])}, kernel {tuple(weight.shape[2:])} and {geom}")
     cl = torch.channels_last
+    if _eager(x, weight, bias):
+        x, weight, bias = _autocast(x, weight, bias)
+        idx = BlockIndex(*layout.index_tensors(), *layout.block)
+        return _EagerSparse.apply(x.contiguous(memory_format=cl),
+                                  weight.contiguous(memory_format=cl), bias, idx, geom,
+                                  layout.dense_dw)
     return torch.ops.sparsekit.conv2d_fwd(
         x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl), bias,
         *layout.index_tensors(), *layout.block, list(geom.stride), list(geom.padding),

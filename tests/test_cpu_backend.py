@@ -225,3 +225,24 @@ def _no_warning():
             warnings.simplefilter("error")
             yield
     return guard()
+
+
+def test_eager_path_equals_the_registered_ops_bit_for_bit(monkeypatch):
+    """Eager calls skip torch.library's dispatch (ops._EagerSparse); the registered ops (what
+    torch.compile runs) must give the same values and gradients, to the bit."""
+    from sparsekit import ops
+
+    torch.manual_seed(0)
+    w, x, b = torch.randn(48, 40, 3, 3), torch.randn(2, 40, 7, 6), torch.randn(48)
+    layout = make_layout(w.shape, (16, 16), 0.5)
+    wl, xl = torch.randn(40, 70), torch.randn(9, 70)
+    layout_l = make_layout(wl.shape, (16, 32), 0.5)
+    runs = {}
+    for eager in (True, False):
+        monkeypatch.setattr(ops, "_eager", lambda *t, _e=eager: _e)
+        runs[eager] = (
+            run_with_grads("cpu", lambda x, w, b: block_sparse_conv2d(x, w, layout, b, stride=2,
+                                                                      padding=1), [x, w, b]),
+            run_with_grads("cpu", lambda x, w: block_sparse_linear(x, w, layout_l), [xl, wl]))
+    for (y0, g0), (y1, g1) in zip(runs[True], runs[False]):
+        assert torch.equal(y0, y1) and all(torch.equal(a, c) for a, c in zip(g0, g1))
