@@ -20,11 +20,10 @@ from sparsekit.dst import Ticket, imp_prune, snapshot
 from sparsekit.dst.presets import get_preset
 
 from .data import load as load_data
+from .loop import run
 
 
 def run_lottery(cfg, out, data=None):
-    from .train import run
-
     data = data if data is not None else load_data(cfg.data)
     rounds, ticket, rewind = [], None, {}
 
