@@ -261,11 +261,23 @@ for _op in (linear_fwd, conv2d_fwd):
 _AUTOCAST_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 
 
+def _torch_probe(name, *args):
+    """A private torch query, or None where this torch lacks it (then the eager path is off)."""
+    fn = getattr(torch._C, name, None)
+    return None if fn is None else (lambda: fn(*args))
+
+
+_FAKE_KEY = getattr(getattr(torch._C, "_TorchDispatchModeKey", None), "FAKE", None)
+_FUNCTORCH_ACTIVE = _torch_probe("_are_functorch_transforms_active")
+_FAKE_MODE = _torch_probe("_get_dispatch_mode", _FAKE_KEY) if _FAKE_KEY is not None else None
+_EAGER_AVAILABLE = _FUNCTORCH_ACTIVE is not None and _FAKE_MODE is not None
+
+
 def _eager(*tensors) -> bool:
     """Whether the direct path may run: plain tensors, nothing tracing or transforming them."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if not _EAGER_AVAILABLE or torch.compiler.is_compiling() or _FUNCTORCH_ACTIVE():
         return False
-    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
+    if _FAKE_MODE() is not None:
         return False
     return all(t is None or type(t) in (Tensor, nn.Parameter) for t in tensors)
 
