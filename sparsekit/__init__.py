@@ -10,12 +10,21 @@ layout, and ``python -m sparsekit.info`` for what this machine can run.
 
 import torch  # noqa: F401  (loads torch's libgomp before our extension links against it)
 
-from . import dst
 from .layout import BlockLayout
 from .nn import SparseConv2d, SparseLinear, sparse_layers, sparsify
 from .ops import block_sparse_conv2d, block_sparse_linear, get_backend, set_backend
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``sparsekit.dst`` (the DST engine) is imported on first use, not with the kernels."""
+    if name == "dst":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.dst")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BlockLayout",

@@ -138,3 +138,11 @@ def test_cuda_module_embeds_sm80_sm90a_code_and_ptx_for_newer_gpus():
     elf = subprocess.run([tool, "--list-elf", _C_cuda.__file__], capture_output=True, text=True)
     assert "sm_90.ptx" in ptx.stdout, ptx.stdout + ptx.stderr
     assert "sm_80.cubin" in elf.stdout and "sm_90a.cubin" in elf.stdout, elf.stdout
+
+
+def test_import_sparsekit_leaves_the_dst_engine_for_first_use():
+    code = ("import sys, sparsekit\n"
+            "assert 'sparsekit.dst' not in sys.modules\n"
+            "assert sparsekit.dst.DynamicSparsity and 'sparsekit.dst' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
