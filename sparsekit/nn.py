@@ -346,7 +346,8 @@ class LayerReport(NamedTuple):
 _CANDIDATES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Conv1d, nn.Conv3d, nn.Bilinear)
 
 
-def _base_type(module):
+def base_type(module: nn.Module) -> type:
+    """``module``'s class before any parametrization (torch swaps in a generated subclass)."""
     return parametrize.type_before_parametrizations(module)
 
 
@@ -372,9 +373,9 @@ def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclud
     stays dense with a warning naming it and why. Returns ``model`` (and the report).
     """
     candidates = {name: m for name, m in model.named_modules()
-                  if name and issubclass(_base_type(m), _CANDIDATES)
+                  if name and issubclass(base_type(m), _CANDIDATES)
                   and not isinstance(m, (SparseLinear, SparseConv2d))}
-    eligible = {n: m for n, m in candidates.items() if _base_type(m) in (nn.Linear, nn.Conv2d)}
+    eligible = {n: m for n, m in candidates.items() if base_type(m) in (nn.Linear, nn.Conv2d)}
     if isinstance(exclude, str) or isinstance(include, str):
         raise TypeError("include/exclude must be sequences of name patterns, not a single string")
     for patterns, what in ((include or (), "include"), (exclude, "exclude")):
@@ -389,7 +390,7 @@ def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclud
             raise ValueError(f"density names unknown layers {sorted(unknown)}; eligible: {sorted(eligible)}")
     report = []
     for name, module in candidates.items():
-        kind = _base_type(module).__name__
+        kind = base_type(module).__name__
 
         def dense(reason, warn=False):
             report.append(LayerReport(name, kind, False, None, None, "", reason))
@@ -410,7 +411,7 @@ def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclud
             dense("no density given for it")
             continue
         d = densities[name] if densities is not None else density
-        cls = SparseLinear if _base_type(module) is nn.Linear else SparseConv2d
+        cls = SparseLinear if base_type(module) is nn.Linear else SparseConv2d
         try:
             sparse = cls.from_dense(module, density=d, block=block, init=init, generator=generator)
         except ValueError as e:  # an unsupported option of this layer: said, never skipped silently
@@ -431,4 +432,4 @@ def sparse_layers(model: nn.Module):
 
 
 __all__ = ["SparseLinear", "SparseConv2d", "sparsify", "sparse_layers", "weight_parameter",
-           "raw_weight", "LayerReport"]
+           "raw_weight", "base_type", "LayerReport"]

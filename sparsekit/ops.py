@@ -154,15 +154,23 @@ def _linear_setup(ctx, inputs, output):
     ctx.dense_dw = dense_dw
 
 
+def _input_grads(needs, dy, dx_fn, dw_fn, bias_dims):
+    """(dX, dW, db) of a layer, each computed only if ``needs`` (x, weight, bias) asks for it:
+    ``dx_fn(dy)``, ``dw_fn(dy)`` and dy summed over ``bias_dims``. Shared by the registered ops'
+    autograd and the eager path (``_EagerSparse``)."""
+    need_x, need_w, need_b = needs[:3]
+    return (dx_fn(dy) if need_x else None, dw_fn(dy) if need_w else None,
+            dy.sum(dim=bias_dims) if need_b else None)
+
+
 def _linear_backward(ctx, dy):
     x, weight, *layout = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    dy = dy.contiguous()
-    dx = torch.ops.sparsekit.linear_dx(dy, weight, *layout, *ctx.block) if need_x else None
-    dw = (torch.ops.sparsekit.linear_dw(dy, x, weight, *layout, *ctx.block, ctx.dense_dw)
-          if need_w else None)
-    db = dy.sum(0) if need_b else None
-    return (dx, dw, db) + (None,) * 9
+    grads = _input_grads(
+        ctx.needs_input_grad, dy.contiguous(),
+        lambda dy: torch.ops.sparsekit.linear_dx(dy, weight, *layout, *ctx.block),
+        lambda dy: torch.ops.sparsekit.linear_dw(dy, x, weight, *layout, *ctx.block, ctx.dense_dw),
+        (0,))
+    return grads + (None,) * 9
 
 
 linear_fwd.register_autograd(_linear_backward, setup_context=_linear_setup)
@@ -226,15 +234,14 @@ def _conv_setup(ctx, inputs, output):
 
 def _conv_backward(ctx, dy):
     x, weight, *layout = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    dy = dy.contiguous(memory_format=torch.channels_last)
     args = ctx.block_and_conv
-    dx = (torch.ops.sparsekit.conv2d_dx(dy, weight, *layout, *args, x.shape[2], x.shape[3])
-          if need_x else None)
-    dw = (torch.ops.sparsekit.conv2d_dw(dy, x, weight, *layout, *args, ctx.dense_dw)
-          if need_w else None)
-    db = dy.sum(dim=(0, 2, 3)) if need_b else None
-    return (dx, dw, db) + (None,) * 13
+    grads = _input_grads(
+        ctx.needs_input_grad, dy.contiguous(memory_format=torch.channels_last),
+        lambda dy: torch.ops.sparsekit.conv2d_dx(dy, weight, *layout, *args, x.shape[2],
+                                                 x.shape[3]),
+        lambda dy: torch.ops.sparsekit.conv2d_dw(dy, x, weight, *layout, *args, ctx.dense_dw),
+        (0, 2, 3))
+    return grads + (None,) * 13
 
 
 conv2d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
@@ -245,10 +252,11 @@ conv2d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
 # their kernels run fast in — bf16 on CUDA (fp32 accumulation; the master weights stay fp32, the
 # cast is a copy autograd differentiates through); fp32 on CPU, whose kernels are fp32 (so a
 # sparse layer is not pushed onto the slow reference path by a CPU autocast region). The
-# backward ops receive tensors already in that dtype.
+# backward ops receive tensors already in that dtype. The eager path applies the same table.
+_AUTOCAST_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 for _op in (linear_fwd, conv2d_fwd):
-    _op.register_autocast("cuda", torch.bfloat16)
-    _op.register_autocast("cpu", torch.float32)
+    for _device, _dtype in _AUTOCAST_DTYPE.items():
+        _op.register_autocast(_device, _dtype)
 
 
 # ----------------------------------------------------------------------------------- eager path
@@ -258,7 +266,6 @@ for _op in (linear_fwd, conv2d_fwd):
 # one autograd.Function; the registered ops above stay what torch.compile, opcheck and
 # torch.ops.sparsekit.* use. Same dispatch (_select), same kernels, same results; autocast gets
 # the ops' own rules (_AUTOCAST_DTYPE).
-_AUTOCAST_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 
 
 def _torch_probe(name, *args):
@@ -311,29 +318,23 @@ class _EagerSparse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        idx, geom = ctx.idx, ctx.geom
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx = dw = db = None
+        idx, geom, dense_dw = ctx.idx, ctx.geom, ctx.dense_dw
         if geom is None:
-            dy = dy.contiguous()
-            if need_x:
-                dx = _select("linear_dx", dy, weight, idx).linear_dx(dy, weight, idx)
-            if need_w:
-                dw = _select("linear_dw", dy, weight, idx).linear_dw(dy, x, weight, idx,
-                                                                     ctx.dense_dw)
-            if need_b:
-                db = dy.sum(0)
+            grads = _input_grads(
+                ctx.needs_input_grad, dy.contiguous(),
+                lambda dy: _select("linear_dx", dy, weight, idx).linear_dx(dy, weight, idx),
+                lambda dy: _select("linear_dw", dy, weight, idx).linear_dw(dy, x, weight, idx,
+                                                                           dense_dw),
+                (0,))
         else:
-            dy = dy.contiguous(memory_format=torch.channels_last)
-            if need_x:
-                dx = _select("conv2d_dx", dy, weight, idx, geom).conv2d_dx(
-                    dy, weight, idx, geom, tuple(x.shape[2:]))
-            if need_w:
-                dw = _select("conv2d_dw", dy, weight, idx, geom).conv2d_dw(
-                    dy, x, weight, idx, geom, ctx.dense_dw)
-            if need_b:
-                db = dy.sum(dim=(0, 2, 3))
-        return dx, dw, db, None, None, None
+            grads = _input_grads(
+                ctx.needs_input_grad, dy.contiguous(memory_format=torch.channels_last),
+                lambda dy: _select("conv2d_dx", dy, weight, idx, geom).conv2d_dx(
+                    dy, weight, idx, geom, tuple(x.shape[2:])),
+                lambda dy: _select("conv2d_dw", dy, weight, idx, geom).conv2d_dw(
+                    dy, x, weight, idx, geom, dense_dw),
+                (0, 2, 3))
+        return grads + (None, None, None)
 
 
 # ----------------------------------------------------------------------------------- public API

@@ -12,10 +12,9 @@ import fnmatch
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..layout import element_mask
-from ..nn import SparseConv2d, SparseLinear, sparsify, weight_parameter
+from ..nn import SparseConv2d, SparseLinear, base_type, sparsify, weight_parameter
 
 LAYER_TYPES = {"conv": (nn.Conv2d, SparseConv2d), "linear": (nn.Linear, SparseLinear)}
 
@@ -58,11 +57,6 @@ class ManagedLayer:
         return element_mask(bitmap, self.layout.weight_shape, self.layout.block)
 
 
-def base_type(module: nn.Module) -> type:
-    """``module``'s class before any parametrization (torch swaps in a generated subclass)."""
-    return parametrize.type_before_parametrizations(module)
-
-
 def _check_patterns(patterns, what, names):
     if patterns is None:
         return ()
@@ -85,7 +79,7 @@ def find_layers(model: nn.Module, layer_types=("conv", "linear"), include=None, 
         raise ValueError(f"layer_types must be a non-empty sequence drawn from {tuple(LAYER_TYPES)}, "
                          f"got {layer_types!r}")
     all_types = tuple(t for ts in LAYER_TYPES.values() for t in ts)
-    # type_before_parametrizations: a layer under parametrized spectral norm has a generated
+    # base_type: a layer under parametrized spectral norm has a generated
     # subclass as its type
     eligible = {n: m for n, m in model.named_modules() if n and base_type(m) in all_types}
     include = _check_patterns(include, "include", eligible)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import weight_parameter
-from .layers import LAYER_TYPES, base_type
+from ..nn import base_type, weight_parameter
+from .layers import LAYER_TYPES
 
 
 class _RecordPositions:
