@@ -72,18 +72,21 @@ class RunLog:
             self.tb.close()
 
 
-def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, data=None):
+def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, data=None,
+        state=None):
     """Train (or continue) the run in ``out``; returns ``(summary dict, trainer)``.
 
-    ``setup(trainer)`` runs once before training (e.g. to install a lottery ticket);
-    ``on_step(trainer)`` after every iteration.
+    ``resume`` continues from ``out``'s checkpoint — ``state`` when the caller has already loaded
+    it (``gan.train`` validates it before training), else read here. ``setup(trainer)`` runs once
+    before training (e.g. to install a lottery ticket); ``on_step(trainer)`` after every
+    iteration.
     """
     os.makedirs(out, exist_ok=True)
     data = data if data is not None else load_data(cfg.data)
     trainer = Trainer(cfg, data)
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if resume:
-        trainer.load_state_dict(checkpoint.load(ckpt_path))
+        trainer.load_state_dict(state if state is not None else checkpoint.load(ckpt_path))
     if setup is not None:
         setup(trainer)
     with open(os.path.join(out, "config.json"), "w") as f:

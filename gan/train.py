@@ -58,7 +58,8 @@ def parse(argv=None):
 def preflight(cfg: Config, out: str, resume: bool):
     """Check what a user can get wrong before any training: the data, the checkpoint to resume
     and the InceptionV3 weights file. Raises FileNotFoundError, ValueError or CheckpointError
-    with a message naming the flag; returns the loaded data."""
+    with a message naming the flag; returns the loaded data and checkpoint (None unless
+    resuming), for ``run`` to use rather than read again."""
     data = load_data(cfg.data)
     if set(cfg.metric_names()) & {"fid", "is"} and not (
             cfg.inception_weights and os.path.isfile(cfg.inception_weights)):
@@ -67,14 +68,14 @@ def preflight(cfg: Config, out: str, resume: bool):
     if resume:
         if cfg.method == "lottery":
             raise ValueError("--resume is not supported for --method lottery (rerun the rounds)")
-        checkpoint.load(os.path.join(out, "checkpoint.pt"))  # validated now, applied by run()
-    return data
+        return data, checkpoint.load(os.path.join(out, "checkpoint.pt"))
+    return data, None
 
 
 def main(argv=None):
     cfg, out, resume = parse(argv)
     try:
-        data = preflight(cfg, out, resume)
+        data, state = preflight(cfg, out, resume)
     except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
         # A user error: one line and exit 2, as argparse does for a bad value.
         print(f"python -m gan.train: error: {e}", file=sys.stderr)
@@ -82,7 +83,7 @@ def main(argv=None):
     if cfg.method == "lottery":
         summary = run_lottery(cfg, out, data=data)
     else:
-        summary, _ = run(cfg, out, resume, data=data)
+        summary, _ = run(cfg, out, resume, data=data, state=state)
     print(json.dumps(summary, indent=2))
     return 0
 
