@@ -72,3 +72,15 @@ def load_setup_module(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_python(code, timeout=120, **env):
+    """Run ``code`` in a fresh interpreter from the repository root (so ``tests.cases`` imports),
+    with ``env`` added to the environment; returns the CompletedProcess (text output)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", code], cwd=root, env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=timeout)

@@ -10,7 +10,7 @@ from torch import nn
 
 from sparsekit import SparseConv2d, SparseLinear
 
-from .cases import make_layout
+from .cases import make_layout, run_python
 
 
 class Small(nn.Module):
@@ -54,7 +54,7 @@ def test_one_openmp_runtime_is_mapped():
     code = ("import torch, sparsekit._C\n"
             "libs = {l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l.split()[-1]}\n"
             "assert len(libs) == 1, f'more than one OpenMP runtime mapped: {sorted(libs)}'\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
 
 
@@ -71,9 +71,7 @@ def test_cpu_isa_variable_picks_the_portable_kernels():
         "assert_matches_reference('cpu', lambda x, w: sparsekit.block_sparse_conv2d(x, w, layout, "
         "stride=2, padding=1), [x, w])\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, SPARSEKIT_CPU_ISA="generic")
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    result = run_python(code, SPARSEKIT_CPU_ISA="generic")
     assert result.returncode == 0, result.stderr
 
 
@@ -100,8 +98,7 @@ def test_unknown_or_unsupported_isa_is_refused_with_the_choices():
                        *((("avx512", "cannot run the avx512"),)
                          if "avx512" in _C.isas_built() and "avx512" not in _C.isas_supported()
                          else ())):
-        env = dict(os.environ, SPARSEKIT_CPU_ISA=isa)
-        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        r = run_python(code, SPARSEKIT_CPU_ISA=isa)
         assert r.returncode != 0 and match in r.stderr and "SPARSEKIT_CPU_ISA" in r.stderr, r.stderr
 
 
@@ -144,5 +141,5 @@ def test_import_sparsekit_leaves_the_dst_engine_for_first_use():
     code = ("import sys, sparsekit\n"
             "assert 'sparsekit.dst' not in sys.modules\n"
             "assert sparsekit.dst.DynamicSparsity and 'sparsekit.dst' in sys.modules\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr

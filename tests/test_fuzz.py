@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import sparsekit
 
-from .cases import make_layout, rel_err, run_with_grads
+from .cases import make_layout, rel_err, run_python, run_with_grads
 
 SEEDS = range(24)
 
@@ -98,9 +98,6 @@ def test_triton_backend_equals_the_oracle(seed):
 def test_oracle_avoids_onednns_wrong_strided_channels_last_weight_gradient():
     """oneDNN's AVX2 code path (forced here on any x86 CPU) gets dW of this 1×1 stride-2
     channels_last conv wrong (relative error 0.64); the oracle must not."""
-    import subprocess
-    import sys
-
     code = (
         "import torch, sparsekit\n"
         "from tests.cases import make_layout, rel_err, run_with_grads\n"
@@ -115,8 +112,5 @@ def test_oracle_avoids_onednns_wrong_strided_channels_last_weight_gradient():
         "(gwd,) = torch.autograd.grad(y, (wd,), dy)\n"
         "assert rel_err(gwd.float(), gw) < 1e-4, rel_err(gwd.float(), gw)\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
-    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = run_python(code, ONEDNN_MAX_CPU_ISA="AVX2")
     assert r.returncode == 0, r.stderr[-2000:]
