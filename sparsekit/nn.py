@@ -29,7 +29,7 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 _HookSpectralNorm = sys.modules["torch.nn.utils.spectral_norm"].SpectralNorm
 
 from .geometry import make_geometry
-from .layout import BlockLayout, check_density
+from .layout import BlockLayout, check_block, check_density
 from .ops import block_sparse_conv2d, block_sparse_linear
 
 
@@ -42,6 +42,12 @@ def weight_parameter(module: nn.Module) -> nn.Parameter:
     if hasattr(module, "weight_orig"):  # legacy torch.nn.utils.spectral_norm
         return module.weight_orig
     return module.weight
+
+
+def _check_init(init):
+    if init not in ("magnitude", "random"):
+        raise ValueError(f"init must be 'magnitude' or 'random', got {init!r}")
+    return init
 
 
 class _SparseMixin:
@@ -66,15 +72,13 @@ class _SparseMixin:
             self.weight = weight
 
     def _init_layout(self, density, init, generator=None):
-        density = check_density(density)
+        density, init = check_density(density), _check_init(init)
         raw = weight_parameter(self)
         if init == "magnitude":
             fresh = BlockLayout.from_weight(raw, self.layout.block, density)
-        elif init == "random":
+        else:
             fresh = BlockLayout.random(raw.shape, self.layout.block, density,
                                        generator=generator, device=raw.device)
-        else:
-            raise ValueError(f"init must be 'magnitude' or 'random', got {init!r}")
         self.layout.update(fresh.bitmap)
         self.apply_mask_()
 
@@ -388,6 +392,12 @@ def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclud
         unknown = set(densities) - set(eligible)
         if unknown:
             raise ValueError(f"density names unknown layers {sorted(unknown)}; eligible: {sorted(eligible)}")
+    # Arguments are checked here, once: the per-layer ValueErrors caught below must only ever be
+    # about a layer (an option it has that cannot be converted), never about a bad argument.
+    check_block(block)
+    for d in (densities.values() if densities is not None else (density,)):
+        check_density(d)
+    _check_init(init)
     report = []
     for name, module in candidates.items():
         kind = base_type(module).__name__

@@ -134,3 +134,16 @@ def test_autocast_rules_of_the_sparse_ops():
         op = getattr(torch.ops.sparsekit, name).default
         for key in ("AutocastCPU", "AutocastCUDA"):
             assert op.has_kernel_for_dispatch_key(getattr(torch._C.DispatchKey, key)), (name, key)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(density=1.5), "density must be a number in"),
+    (dict(density={"0": -0.1}), "density must be a number in"),
+    (dict(density=0.5, block=(0, 8)), "block must be a pair of positive ints"),
+    (dict(density=0.5, init="largest"), "init must be 'magnitude' or 'random'"),
+])
+def test_sparsify_bad_arguments_raise_instead_of_leaving_layers_dense(kwargs, match):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3))
+    with pytest.raises(ValueError, match=match):
+        sparsify(model, **kwargs)
+    assert isinstance(model[0], nn.Conv2d) and type(model[0]) is nn.Conv2d
