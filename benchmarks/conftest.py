@@ -36,3 +36,5 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     from sparsekit.info import collect
 
     machine_info["sparsekit"] = collect()
+    # oneDNN's ISA cap: with ONEDNN_MAX_CPU_ISA=AVX2 the dense baseline runs as on an AVX2-only CPU
+    machine_info["sparsekit"]["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")

@@ -9,6 +9,11 @@ weight (the nominal density for files that predate ``kept_fraction``); η = 1: t
 costs exactly its share of the dense one. Results from several machines sit side by side, one
 table per machine / device / dtype / batch; a GPU run's fp32 and bf16 results get a table each.
 Whole-step results (``test_train_step.py``) get a table per machine / device / model size.
+
+Several runs of the same configuration on the same machine (files whose results share machine,
+device, dtype, case, pass, batch, impl, block and density) are merged: each run's ratio against
+its own dense baseline first, then the median over the runs — on a VM with noisy neighbours one
+run's cell can move by 2×, the median of three rarely does. Tables say how many runs they merge.
 """
 
 from __future__ import annotations
@@ -16,16 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from collections import defaultdict
 
 PASS_ORDER = {"fwd": 0, "dx": 1, "dw": 2, "fwd+bwd": 3}
 
 
 def _machine(data, device):
-    """The name of the chip a result ran on: the GPU for cuda results, else the CPU."""
+    """The name of the chip a result ran on: the GPU for cuda results, else the CPU with the
+    kernels' ISA and oneDNN's ISA cap, e.g. "AMD EPYC (avx2 kernels, oneDNN AVX2)"."""
     info = data.get("machine_info", {}).get("sparsekit", {})
-    name = info.get("gpu") if device == "cuda" else info.get("cpu")
-    return name or info.get("cpu") or data.get("machine_info", {}).get("node", "?")
+    if device == "cuda" and info.get("gpu"):
+        return info["gpu"]
+    name = info.get("cpu") or data.get("machine_info", {}).get("node", "?")
+    if info.get("cpu_isa"):
+        name += f" ({info['cpu_isa']} kernels, oneDNN {info.get('onednn_max_cpu_isa') or 'default'})"
+    return name
 
 
 def _dtype(extra):
@@ -73,7 +84,27 @@ def with_ratios(rows):
             continue
         speedup = base / r["median_s"]
         out.append(dict(r, dense_s=base, speedup=speedup, eta=r["kept"] * speedup))
+    return merge_runs(out, _layer_cell, ("median_s", "dense_s", "speedup", "eta"))
+
+
+def merge_runs(rows, cell_key, fields):
+    """One row per cell_key: the median over runs (files) of each of `fields`, plus ``runs``."""
+    cells = defaultdict(list)
+    for r in rows:
+        cells[cell_key(r)].append(r)
+    out = []
+    for group in cells.values():
+        merged = dict(group[0], runs=len(group))
+        for f in fields:
+            values = [r[f] for r in group if r.get(f) is not None]
+            merged[f] = statistics.median(values) if values else None
+        out.append(merged)
     return out
+
+
+def _layer_cell(r):
+    return (r["machine"], r["device"], r["dtype"], r["tf32"], r["case"], r["pass_"], r["batch"],
+            r["impl"], r["block"], r["density"])
 
 
 def _ms(seconds):
@@ -103,9 +134,12 @@ def markdown(rows):
         groups[(r["machine"], r["device"], r["dtype"], r["batch"], prec)].append(r)
     for (machine, device, dtype, batch, prec), grp in sorted(groups.items()):
         densities = sorted({r["density"] for r in grp}, reverse=True)
+        runs = max(r["runs"] for r in grp)
+        merged = (f" Median over {runs} runs of each run's ratio to its own dense baseline."
+                  if runs > 1 else "")
         lines += [f"### {machine} — {device}, {dtype}{prec}, batch {batch}", "",
                   "Cells: speedup vs dense torch (η = kept fraction × speedup); \"empty layout\": "
-                  "no block kept at this density and block size. Dense time in ms.", "",
+                  "no block kept at this density and block size. Dense time in ms." + merged, "",
                   "| layer | pass | dtype | impl | block | dense ms | "
                   + " | ".join(f"d={d:g}" for d in densities) + " |",
                   "|---|---|---|---|---|---:|" + "---:|" * len(densities)]
@@ -144,7 +178,12 @@ def load_steps(paths):
     for r in rows:
         base = dense.get(key(r)) if r["kind"] == "gan_iteration" else None
         r["vs_dense"] = base / r["median_s"] if base else None
-    return rows
+
+    def cell(r):
+        return (r["machine"], r["device"], r.get("model"), r.get("width"), r.get("batch"),
+                r["tf32"], r["kind"], r.get("g_density"), r.get("d_density"))
+
+    return merge_runs(rows, cell, ("median_s", "vs_dense", "density_G", "density_D"))
 
 
 def markdown_steps(rows):
@@ -158,8 +197,12 @@ def markdown_steps(rows):
         its = sorted((r for r in grp if r["kind"] == "gan_iteration"),
                      key=lambda r: (-r.get("g_density", 0), -r.get("d_density", 0)))
         n_dis = its[0].get("n_dis", "?") if its else "?"
+        runs = max(r["runs"] for r in grp)
         lines += [f"### {machine} — {device}, {model} width {width}, batch {batch}, n_dis {n_dis}, "
                   f"float32{prec}", ""]
+        if runs > 1:
+            lines += [f"Median over {runs} runs (times and each run's ratio to its own dense "
+                      "iteration).", ""]
         if its:
             lines += ["| G / D density (target) | G / D density (managed weights) | ms / iteration "
                       "| vs dense |",

@@ -45,21 +45,41 @@ inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline vf loadu(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline void storeu(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
 
-inline int pow2_ceil(int64_t n) {
-  int p = 1;
-  while (p < n) p <<= 1;
-  return p;
-}
-
-// Max pixels (rows) per tile for NV vectors across: the largest power of two ≤ 16 with MR·NV
-// accumulators + NV operand vectors + 1 broadcast ≤ VREGS (at least 1). On AVX-512 this gives
-// 16 / 8 / 8 / 4 for NV = 1..4; on AVX2 8 / 4 / 2 / 2 / 1 for NV = 1, 2, 3, 4, 8.
+// Max pixels (rows) per dW tile for NV vectors across: the largest power of two ≤ 16 with MR·NV
+// accumulators + NV operand vectors + 1 broadcast ≤ VREGS (at least 1).
 constexpr int max_tile_for(int nv) {
   int mr = 16;
   while (mr > 1 && mr * nv + nv + 1 > VREGS) mr /= 2;
   return mr;
 }
-inline int max_tile(int nv) { return max_tile_for(nv); }
+
+// Register tile of the forward and dX micro-kernels for a block NV vectors wide: MR pixels ×
+// NVT vectors, the block's width covered in NV / NVT passes over the reduction. Every packed
+// operand vector loaded feeds MR FMAs and every broadcast NVT, so the shape maximises FMAs per
+// load, MR·NVT / (MR + NVT), with MR·NVT accumulators + NVT operand vectors + 1 broadcast ≤
+// VREGS and MR in {16, 8, 6, 4, 3, 2, 1} (≤ 8 pixel pointers + 2 counters fit x86-64's 16
+// general registers; 16 only where NVT = 1). It matters where the packed weights stream from L2
+// (a block row's kept blocks exceed L1 at d ≳ 0.2): loaded bytes per FMA fall as 1/MR. 32-wide
+// blocks: AVX-512 8 × 2 (one pass); AVX2 6 × 2 (two passes) rather than 2 × 4, which loaded a
+// weight vector per 2 FMAs and ran at ~35 % of the FMA peak; NEON 6 × 4.
+struct TileShape {
+  int mr, nvt;
+};
+constexpr TileShape tile_shape(int nv) {
+  constexpr int heights[] = {16, 8, 6, 4, 3, 2, 1};
+  TileShape best{0, 0};
+  for (int nvt = 1; nvt <= nv; ++nvt) {
+    if (nv % nvt != 0) continue;
+    for (int mr : heights) {
+      if ((mr == 16 && nvt > 1) || mr * nvt + nvt + 1 > VREGS) continue;
+      // more FMAs per load wins; a tie goes to the wider tile (fewer passes)
+      if (best.mr == 0 || mr * nvt * (best.mr + best.nvt) >= best.mr * best.nvt * (mr + nvt))
+        best = TileShape{mr, nvt};
+      break;  // the tallest height that fits this width
+    }
+  }
+  return best;
+}
 
 // Vectors across a width: the kernels are instantiated for NV = 1, 2, 3, 4, 8, 16 (those ≤
 // MAX_NV), so other counts round up; packed and padded rows are zero beyond the width.
@@ -80,19 +100,23 @@ void with_nv(int nv, F&& f) {
   if constexpr (MAX_NV >= 16) return f(Int<16>{});
 }
 
-// Calls f(Int<MR>{}) for a power of two MR ≤ max_tile_for(NV) (what the tile drivers ask).
-template <int NV, typename F>
-void with_mr(int mr, F&& f) {
-  constexpr int top = max_tile_for(NV);
-  if constexpr (top >= 16)
-    if (mr >= 16) return f(Int<16>{});
-  if constexpr (top >= 8)
-    if (mr >= 8) return f(Int<8>{});
-  if constexpr (top >= 4)
-    if (mr >= 4) return f(Int<4>{});
-  if constexpr (top >= 2)
-    if (mr >= 2) return f(Int<2>{});
-  return f(Int<1>{});
+constexpr int pow2_below(int n) {  // the largest power of two < n (0 for n ≤ 1)
+  int p = 1;
+  while (2 * p < n) p *= 2;
+  return n > 1 ? p : 0;
+}
+
+// Calls f(Int<M>{}) for the smallest M ≥ mr among TOP and the powers of two below it (the tile
+// heights instantiated: a partial tile of mr pixels runs with M - mr zero rows).
+template <int TOP, typename F>
+void with_mr(int64_t mr, F&& f) {
+  constexpr int below = pow2_below(TOP);
+  if constexpr (below == 0) {
+    return f(Int<TOP>{});
+  } else {
+    if (mr > below) return f(Int<TOP>{});
+    return with_mr<below>(mr, f);
+  }
 }
 
 struct Buffer {  // 64-byte aligned scratch, freed on scope exit
@@ -166,10 +190,11 @@ void pack_forward(const Problem& p, const Index& ix, int64_t nnz, int nv, const 
   }
 }
 
-// One tile of MR output pixels × block rows [r0, r1). `a` holds, per tap, MR pointers to the
-// input pixel rows (channel 0) the tile's pixels read at that tap (a zero row where the tap
-// reads padding); taps with tap_ok false are skipped. y_tile: the tile's first output pixel;
-// the first mr ≤ MR pixels are real.
+// One tile of MR output pixels (consecutive in N·H·W order, so a tile may span image rows) ×
+// block rows [r0, r1). `a` holds, per tap, MR pointers to the input pixel rows (channel 0) the
+// tile's pixels read at that tap (a zero row where the tap reads padding or the pixel is past
+// the end); taps with tap_ok false are skipped. y_tile: the tile's first output pixel; the
+// first mr ≤ MR pixels are real.
 struct ForwardArgs {
   const KeptBlock* meta;
   const float* const* a;
@@ -181,42 +206,62 @@ struct ForwardArgs {
   int64_t mr;
 };
 
-template <int MR, int NV>
-void forward_tile(const Problem& p, const Index& ix, const ForwardArgs& f) {
+// Output channels [n0 + h·NVT·VL, + NVT·VL) of the tile's pixels (pass h of tile_shape).
+template <int MR, int NVT, int NV>
+void forward_pass(const Problem& p, const Index& ix, const ForwardArgs& f, int64_t r, int h) {
   constexpr int64_t WP = NV * VL;
-  for (int64_t r = f.r0; r < f.r1; ++r) {
-    vf acc[MR][NV];
-    for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NV; ++v) acc[m][v] = vf{};
-    for (int64_t i = ix.row_ptr[r], end = ix.row_ptr[r + 1]; i < end; ++i) {
-      const KeptBlock kb = f.meta[i];
-      if (!f.tap_ok[kb.tap]) continue;
-      const float* am[MR];
-      for (int m = 0; m < MR; ++m) am[m] = f.a[kb.tap * MR + m] + kb.c0;
-      const float* b = f.packed + i * p.bk * WP;
-      for (int64_t k = 0; k < kb.width; ++k) {
-        vf bv[NV];
-        for (int v = 0; v < NV; ++v) bv[v] = loadu(b + k * WP + v * VL);
-        for (int m = 0; m < MR; ++m) {
-          const float s = am[m][k];
-          for (int v = 0; v < NV; ++v) acc[m][v] += s * bv[v];
-        }
+  vf acc[MR][NVT];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NVT; ++v) acc[m][v] = vf{};
+  for (int64_t i = ix.row_ptr[r], end = ix.row_ptr[r + 1]; i < end; ++i) {
+    const KeptBlock kb = f.meta[i];
+    if (!f.tap_ok[kb.tap]) continue;
+    const float* am[MR];
+    for (int m = 0; m < MR; ++m) am[m] = f.a[kb.tap * MR + m] + kb.c0;
+    const float* b = f.packed + i * p.bk * WP + h * NVT * VL;
+    for (int64_t k = 0; k < kb.width; ++k) {
+      vf bv[NVT];
+      for (int v = 0; v < NVT; ++v) bv[v] = loadu(b + k * WP + v * VL);
+      for (int m = 0; m < MR; ++m) {
+        const float s = am[m][k];
+        for (int v = 0; v < NVT; ++v) acc[m][v] += s * bv[v];
       }
     }
-    const int64_t n0 = r * p.bn, rows = block_height(p, r);
-    for (int64_t m = 0; m < f.mr; ++m) {
-      float* dst = f.y_tile + m * p.c_out + n0;
-      for (int v = 0; v < NV; ++v)
-        store_partial(dst + v * VL, acc[m][v] + loadu(f.bias_pad + n0 + v * VL), rows - v * VL);
-    }
+  }
+  const int64_t n0 = r * p.bn + h * NVT * VL, rows = block_height(p, r) - h * NVT * VL;
+  for (int64_t m = 0; m < f.mr; ++m) {
+    float* dst = f.y_tile + m * p.c_out + n0;
+    for (int v = 0; v < NVT; ++v)
+      store_partial(dst + v * VL, acc[m][v] + loadu(f.bias_pad + n0 + v * VL), rows - v * VL);
   }
 }
 
-void forward_tile_any(int nv, int MR, const Problem& p, const Index& ix, const ForwardArgs& f) {
+template <int MR, int NV>
+void forward_tile(const Problem& p, const Index& ix, const ForwardArgs& f) {
+  constexpr int NVT = tile_shape(NV).nvt;
+  for (int64_t r = f.r0; r < f.r1; ++r)
+    for (int h = 0; h < NV / NVT; ++h) forward_pass<MR, NVT, NV>(p, ix, f, r, h);
+}
+
+void forward_tile_any(int nv, int64_t mr, const Problem& p, const Index& ix,
+                      const ForwardArgs& f) {
   with_nv(nv, [&](auto nv_) {
     constexpr int NV = decltype(nv_)::value;
-    with_mr<NV>(MR, [&](auto mr_) { forward_tile<decltype(mr_)::value, NV>(p, ix, f); });
+    with_mr<tile_shape(NV).mr>(mr, [&](auto mr_) {
+      forward_tile<decltype(mr_)::value, NV>(p, ix, f);
+    });
   });
+}
+
+// The tile height the forward and dX kernels run for a block nv vectors wide when `want`
+// pixels are available: the smallest instantiated height (with_mr) ≥ min(want, the shape's MR).
+inline int tile_height(int nv, int64_t want) {
+  int mr = 1;
+  with_nv(nv, [&](auto nv_) {
+    constexpr int TOP = tile_shape(decltype(nv_)::value).mr;
+    with_mr<TOP>(imin(want, TOP), [&](auto m_) { mr = decltype(m_)::value; });
+  });
+  return mr;
 }
 
 // Splits `count` units into groups so that tiles × groups gives every thread several items.
@@ -244,9 +289,10 @@ void forward(const Problem& p, const Index& ix, const float* x, const float* w, 
   const float* zeros = zero_buf.as<float>();
   std::memset(zero_buf.ptr, 0, sizeof(float) * (p.c_in + VL * MAX_NV));
 
-  const int tile = imin(max_tile(nv), pow2_ceil(p.out_w));
-  const int64_t tiles_per_row = cdiv(p.out_w, tile);
-  const int64_t tiles = p.batch * p.out_h * tiles_per_row;
+  // Tiles are runs of `tile` consecutive output pixels in N·H·W order (only the last one partial).
+  const int64_t pixels = p.batch * p.out_h * p.out_w;
+  const int64_t tile = tile_height(nv, pixels);
+  const int64_t tiles = cdiv(pixels, tile);
   const int64_t groups = split_groups(tiles, p.grid_rows, p.threads);
   const int64_t rows_per_group = cdiv(p.grid_rows, groups);
 
@@ -259,30 +305,32 @@ void forward(const Problem& p, const Index& ix, const float* x, const float* w, 
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < tiles * groups; ++item) {
       const int64_t t = item / groups, g = item % groups;
-      const int64_t ox0 = (t % tiles_per_row) * tile;
-      const int64_t oy = (t / tiles_per_row) % p.out_h, b = t / (tiles_per_row * p.out_h);
-      const int64_t mr = imin(tile, p.out_w - ox0);
-      const int MR = pow2_ceil(mr);
-      for (int64_t ky = 0; ky < p.kh; ++ky) {
-        const int64_t iy = input_coord(oy, ky, p.stride_h, p.pad_h, p.dil_h, p.upsample, p.in_h);
-        for (int64_t kx = 0; kx < p.kw; ++kx) {
-          const int64_t tap = ky * p.kw + kx;
-          bool any = false;
-          for (int64_t m = 0; m < MR; ++m) {
-            const int64_t ixc = m < mr ? input_coord(ox0 + m, kx, p.stride_w, p.pad_w, p.dil_w,
-                                                     p.upsample, p.in_w) : -1;
-            const bool ok = iy >= 0 && ixc >= 0;
-            a[tap * MR + m] = ok ? x + ((b * p.in_h + iy) * p.in_w + ixc) * p.c_in : zeros;
-            any |= ok;
+      const int64_t q0 = t * tile, mr = imin(tile, pixels - q0);
+      for (int64_t tap = 0; tap < taps; ++tap) tap_ok[tap] = false;
+      int64_t ox = q0 % p.out_w, oy = (q0 / p.out_w) % p.out_h, b = q0 / (p.out_w * p.out_h);
+      for (int64_t m = 0; m < tile; ++m) {
+        for (int64_t ky = 0; ky < p.kh; ++ky) {
+          const int64_t iy =
+              m < mr ? input_coord(oy, ky, p.stride_h, p.pad_h, p.dil_h, p.upsample, p.in_h) : -1;
+          const float* x_row = iy >= 0 ? x + (b * p.in_h + iy) * p.in_w * p.c_in : nullptr;
+          for (int64_t kx = 0; kx < p.kw; ++kx) {
+            const int64_t tap = ky * p.kw + kx;
+            const int64_t ixc =
+                iy >= 0 ? input_coord(ox, kx, p.stride_w, p.pad_w, p.dil_w, p.upsample, p.in_w)
+                        : -1;
+            a[tap * tile + m] = ixc >= 0 ? x_row + ixc * p.c_in : zeros;
+            tap_ok[tap] |= ixc >= 0;
           }
-          tap_ok[tap] = any;
+        }
+        if (++ox == p.out_w) {  // the next pixel in N·H·W order
+          ox = 0;
+          if (++oy == p.out_h) oy = 0, ++b;
         }
       }
       const int64_t r0 = g * rows_per_group, r1 = imin(p.grid_rows, r0 + rows_per_group);
-      float* y_tile = y + ((b * p.out_h + oy) * p.out_w + ox0) * p.c_out;
-      forward_tile_any(nv, MR, p, ix,
+      forward_tile_any(nv, tile, p, ix,
                        ForwardArgs{meta.as<KeptBlock>(), a, tap_ok, packed.as<float>(), bias_pad,
-                                   r0, r1, y_tile, mr});
+                                   r0, r1, y + q0 * p.c_out, mr});
     }
   }
 }
@@ -311,40 +359,52 @@ void pack_transpose(const Problem& p, const Index& ix, int nv, const float* w, f
 // One tile of MR input pixels × channel blocks [cb_begin, cb_end). For each term (a tap, and
 // with upsampling a sub-pixel) `a` holds MR pointers to the dy rows the pixels receive from
 // (a zero row where none), term_tap its tap, term_ok whether any pixel receives.
+// grad_input_pass: input channels [cb·bk + h·NVT·VL, + NVT·VL) (pass h of tile_shape).
+template <int MR, int NVT, int NV>
+void grad_input_pass(const Problem& p, const Index& ix, const float* const* a,
+                     const int64_t* term_tap, const bool* term_ok, int64_t terms,
+                     const float* packed, int64_t cb, int h, float* dx_tile,
+                     int64_t pixel_stride, int64_t mr) {
+  constexpr int64_t WP = NV * VL;
+  vf acc[MR][NVT];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NVT; ++v) acc[m][v] = vf{};
+  for (int64_t term = 0; term < terms; ++term) {
+    if (!term_ok[term]) continue;
+    const int64_t col = term_tap[term] * p.blocks_per_tap + cb;
+    for (int64_t i = ix.col_ptr[col], end = ix.col_ptr[col + 1]; i < end; ++i) {
+      const int64_t row = ix.row_idx[i];
+      const int64_t rows = block_height(p, row);
+      const float* am[MR];
+      for (int m = 0; m < MR; ++m) am[m] = a[term * MR + m] + row * p.bn;
+      const float* b = packed + i * p.bn * WP + h * NVT * VL;
+      for (int64_t n = 0; n < rows; ++n) {
+        vf bv[NVT];
+        for (int v = 0; v < NVT; ++v) bv[v] = loadu(b + n * WP + v * VL);
+        for (int m = 0; m < MR; ++m) {
+          const float s = am[m][n];
+          for (int v = 0; v < NVT; ++v) acc[m][v] += s * bv[v];
+        }
+      }
+    }
+  }
+  const int64_t c0 = cb * p.bk + h * NVT * VL;
+  const int64_t width = imin(p.bk, p.c_in - cb * p.bk) - h * NVT * VL;
+  for (int64_t m = 0; m < mr; ++m)
+    for (int v = 0; v < NVT; ++v)
+      store_partial(dx_tile + m * pixel_stride + c0 + v * VL, acc[m][v], width - v * VL);
+}
+
 template <int MR, int NV>
 void grad_input_tile(const Problem& p, const Index& ix, const float* const* a,
                      const int64_t* term_tap, const bool* term_ok, int64_t terms,
                      const float* packed, int64_t cb_begin, int64_t cb_end, float* dx_tile,
                      int64_t pixel_stride, int64_t mr) {
-  constexpr int64_t WP = NV * VL;
-  for (int64_t cb = cb_begin; cb < cb_end; ++cb) {
-    vf acc[MR][NV];
-    for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NV; ++v) acc[m][v] = vf{};
-    for (int64_t term = 0; term < terms; ++term) {
-      if (!term_ok[term]) continue;
-      const int64_t col = term_tap[term] * p.blocks_per_tap + cb;
-      for (int64_t i = ix.col_ptr[col], end = ix.col_ptr[col + 1]; i < end; ++i) {
-        const int64_t row = ix.row_idx[i];
-        const int64_t rows = block_height(p, row);
-        const float* am[MR];
-        for (int m = 0; m < MR; ++m) am[m] = a[term * MR + m] + row * p.bn;
-        const float* b = packed + i * p.bn * WP;
-        for (int64_t n = 0; n < rows; ++n) {
-          vf bv[NV];
-          for (int v = 0; v < NV; ++v) bv[v] = loadu(b + n * WP + v * VL);
-          for (int m = 0; m < MR; ++m) {
-            const float s = am[m][n];
-            for (int v = 0; v < NV; ++v) acc[m][v] += s * bv[v];
-          }
-        }
-      }
-    }
-    const int64_t c0 = cb * p.bk, width = imin(p.bk, p.c_in - c0);
-    for (int64_t m = 0; m < mr; ++m)
-      for (int v = 0; v < NV; ++v)
-        store_partial(dx_tile + m * pixel_stride + c0 + v * VL, acc[m][v], width - v * VL);
-  }
+  constexpr int NVT = tile_shape(NV).nvt;
+  for (int64_t cb = cb_begin; cb < cb_end; ++cb)
+    for (int h = 0; h < NV / NVT; ++h)
+      grad_input_pass<MR, NVT, NV>(p, ix, a, term_tap, term_ok, terms, packed, cb, h, dx_tile,
+                                      pixel_stride, mr);
 }
 
 void grad_input_tile_any(int nv, int MR, const Problem& p, const Index& ix, const float* const* a,
@@ -352,7 +412,7 @@ void grad_input_tile_any(int nv, int MR, const Problem& p, const Index& ix, cons
                          int64_t c0, int64_t c1, float* dx, int64_t ps, int64_t mr) {
   with_nv(nv, [&](auto nv_) {
     constexpr int NV = decltype(nv_)::value;
-    with_mr<NV>(MR, [&](auto mr_) {
+    with_mr<tile_shape(NV).mr>(MR, [&](auto mr_) {
       grad_input_tile<decltype(mr_)::value, NV>(p, ix, a, tt, ok, terms, packed, c0, c1, dx, ps,
                                                 mr);
     });
@@ -400,7 +460,8 @@ void grad_input(const Problem& p, const Index& ix, const float* dy, const float*
   const int64_t step = p.stride_w / gcd(p.stride_w, up);
   const int64_t terms = up * up * p.kh * p.kw;
   const int64_t per_phase = cdiv(p.in_w, step);
-  const int tile = imin(max_tile(nv), pow2_ceil(per_phase));
+  const int64_t top = tile_height(nv, per_phase);  // even tiles: 8 pixels as 4 + 4, not 6 + 2
+  const int tile = tile_height(nv, cdiv(per_phase, cdiv(per_phase, top)));
   const int64_t tiles_per_phase = cdiv(per_phase, tile);
   const int64_t tiles = p.batch * p.in_h * step * tiles_per_phase;
   const int64_t groups = split_groups(tiles, p.blocks_per_tap, p.threads);
@@ -424,7 +485,7 @@ void grad_input(const Problem& p, const Index& ix, const float* dy, const float*
       const int64_t count = cdiv(p.in_w - phase, step);  // pixels in this phase
       const int64_t mr = imin(tile, count - j0);
       if (mr <= 0) continue;
-      const int MR = pow2_ceil(mr);
+      const int MR = tile_height(nv, mr);
       int64_t term = 0;
       for (int64_t sy = 0; sy < up; ++sy)
         for (int64_t sx = 0; sx < up; ++sx)
