@@ -16,7 +16,7 @@ from typing import Optional
 from sparsekit.dst.presets import PRESETS, IMPPreset
 
 from .losses import LOSSES
-from .metrics.suite import METRICS
+from .metrics.suite import METRICS, canonical_metrics
 from .models import MODELS
 
 METHODS = ("dense",) + tuple(sorted(PRESETS))
@@ -70,8 +70,10 @@ class Config:
     eval_every: Optional[int] = _h("evaluate every N iterations (default: steps/4; 0: only at the end)",
                                    default=None)
     eval_samples: int = _h("generated images per evaluation", default=1000)
-    metrics: str = _h(f"comma-separated metrics: {', '.join(METRICS)} (fid/is need "
-                      "--inception-weights)", default="fd_digits,coverage")
+    metrics: str = _h(f"comma-separated metrics: {', '.join(METRICS)}; fd is the Fréchet distance "
+                      "in a classifier trained on half of --data, against the other half, "
+                      "reported as fd_<data> (fd_digits, fd_cifar10, fd_folder); fid/is need "
+                      "--inception-weights", default="fd,coverage")
     inception_weights: Optional[str] = _h("local torch-fidelity InceptionV3 weights file for fid/is",
                                           default=None)
     sample_every: Optional[int] = _h("write a sample grid every N iterations (default: steps/8)",
@@ -149,9 +151,10 @@ class Config:
                              f"{self.rewind_step}")
         if self.rounds < 1 or self.rewind_step < 0:
             raise ValueError("--rounds must be >= 1 and --rewind-step >= 0")
-        unknown = set(self.metric_names()) - set(METRICS)
-        if unknown:
-            raise ValueError(f"--metrics: unknown {sorted(unknown)}; known: {', '.join(METRICS)}")
+        try:
+            canonical_metrics(self.metric_names(), self.data)
+        except ValueError as e:
+            raise ValueError(f"--metrics: {e}") from None
         self.block_shape()
         return self
 

@@ -1,6 +1,6 @@
 """``python -m gan.eval CKPT``: the metrics of a checkpoint's (EMA) generator.
 
-    python -m gan.eval runs/stu-gan-dcgan-s0/checkpoint.pt --samples 2000 --metrics fd_digits,coverage
+    python -m gan.eval runs/stu-gan-dcgan-s0/checkpoint.pt --samples 2000 --metrics fd,coverage
 """
 
 from __future__ import annotations

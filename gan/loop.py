@@ -136,6 +136,9 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
         "densities": {"G": trainer.densities()["density_G"], "D": trainer.densities()["density_D"]},
         "densities_all": trainer.densities_all(),
         "metrics": metrics,
+        # share of balance-ratio samples (windowed, once the window is full) inside DDST's band
+        "br_band": list(trainer.br_band),
+        "br_in_band": trainer.br_in_band / trainer.br_counted if trainer.br_counted else None,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

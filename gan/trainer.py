@@ -20,7 +20,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 import sparsekit
 from sparsekit.dst import BalanceRatio, DDSTController, DynamicSparsity
-from sparsekit.dst.presets import get_preset
+from sparsekit.dst.presets import DDSTPreset, get_preset
 
 from . import losses
 from .config import Config
@@ -86,6 +86,12 @@ class Trainer:
                 self.engine_G.track_ema(self.ema)
         self.balance = self.controller.balance if self.controller is not None else BalanceRatio(br_window)
         self.br_every = br_every
+        # How often the windowed balance ratio sits inside DDST's band, for every method (the
+        # DDST preset's band where the run has none), counted at each sample once the window is
+        # full: what DDST's controller is meant to raise.
+        ddst = self.preset.ddst if self.preset is not None and self.preset.ddst is not None else DDSTPreset()
+        self.br_band = (ddst.lower, ddst.upper)
+        self.br_in_band = self.br_counted = 0
         self.batches = InfiniteBatches(data, cfg.batch_size, cfg.seed)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
         self.fixed_z = torch.randn(64, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
@@ -159,6 +165,9 @@ class Trainer:
                 after = self.D(self.G(z)).float().mean()
                 real_now = self.D(real).float().mean()
             br = self.balance.add(fake_logits.detach().float().mean(), after, real_now)
+            if br is not None and self.balance.full:
+                self.br_counted += 1
+                self.br_in_band += self.br_band[0] <= self.balance.value <= self.br_band[1]
         if self.engine_G is not None:
             self.engine_G.step(it)
         self._update_ema()
@@ -232,6 +241,7 @@ class Trainer:
             "engine_G": self.engine_G.state_dict() if self.engine_G is not None else None,
             "engine_D": self.engine_D.state_dict() if self.engine_D is not None else None,
             "balance": self.balance.state_dict(),
+            "br_band_counts": [self.br_in_band, self.br_counted],
             "batches": self.batches.state_dict(),
             "rng": {"noise": self.noise.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -251,6 +261,7 @@ class Trainer:
                 engine.load_state_dict(state[key])
         if self.controller is None:  # with DDST the balance window is the controller's state
             self.balance.load_state_dict(state["balance"])
+        self.br_in_band, self.br_counted = state.get("br_band_counts", (0, 0))  # older checkpoints
         self.batches.load_state_dict(state["batches"])
         self.noise.set_state(state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])

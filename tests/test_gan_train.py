@@ -259,9 +259,22 @@ def test_study_runs_a_grid_resumes_and_writes_results(tmp_path, capsys):
     assert "| dense | 2 |" in text and "| static | 2 |" in text and "±" in text
     assert (tmp_path / "results.png").stat().st_size > 0
     assert json.loads((tmp_path / "static-s1" / "config.json").read_text())["sparse_layers"] == "all"
+    assert "BR in DDST band" in text
     capsys.readouterr()
     assert study.main(argv) == 0  # every cell done: nothing reruns
     assert "->" not in capsys.readouterr().out
+
+
+def test_study_method_variants_carry_a_block_shape(tmp_path):
+    from gan import study
+
+    argv = ["--out", str(tmp_path), "--methods", "static@1x1", "--seeds", "1",
+            "--metric", "coverage", "--train-args", " ".join(TINY + ["--steps", "2"])]
+    assert study.main(argv) == 0
+    assert json.loads((tmp_path / "static@1x1-s0" / "config.json").read_text())["block"] == "1x1"
+    with pytest.raises(SystemExit):  # a bad cell is refused before any run starts
+        study.main(argv[:3] + ["dense,static@0x4"] + argv[4:])
+    assert not (tmp_path / "dense-s0").exists()
 
 
 def test_a_ddst_run_reaches_mask_updates_br_samples_and_an_adjustment(tmp_path):
@@ -288,6 +301,9 @@ def test_a_ddst_run_reaches_mask_updates_br_samples_and_an_adjustment(tmp_path):
     assert max(samples) >= 2 and trainer.balance.full
     assert min(actions) == 200 and actions[200] in ("grow", "prune", "hold"), actions
     assert summary["densities"]["D"] > 0
+    # BR samples at 10..210 with a 10-sample window: counted from the window's first full sample
+    assert trainer.br_counted >= 10 and summary["br_band"] == [0.45, 0.55]
+    assert summary["br_in_band"] == trainer.br_in_band / trainer.br_counted
 
 
 def test_an_sngan_trainer_run(tmp_path):

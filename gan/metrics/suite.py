@@ -1,6 +1,7 @@
 """``evaluate``: compute the named metrics of a generator against a dataset.
 
-Names (see the package docstring): ``fd_digits``, ``coverage`` (adds ``coverage_kl``), ``fid``,
+Names (see the package docstring): ``fd`` (reported as ``fd_<data>``: ``fd_digits`` on the
+embedded digits, ``fd_cifar10``, ``fd_folder``), ``coverage`` (adds ``coverage_kl``), ``fid``,
 ``is``. ``fid``/``is`` need ``inception_weights`` (torch-fidelity's
 ``weights-inception-2015-12-05`` file); asking for them without it is an error, never a skip.
 """
@@ -13,10 +14,36 @@ import warnings
 
 import torch
 
-from .classifier import load_or_train_classifier
+from .classifier import load_or_train_classifier, metric_split
 from .frechet import frechet_distance
 
-METRICS = ("fd_digits", "coverage", "fid", "is")
+METRICS = ("fd", "coverage", "fid", "is")
+
+
+def fd_name(data_name):
+    """The name ``fd`` is reported under for data named ``data_name`` ("digits", "cifar10",
+    "folder:DIR" or the --data strings "cifar10:DIR", "folder:DIR"): fd_digits, fd_cifar10,
+    fd_folder — the metric is named after the data its classifier learnt."""
+    return "fd_" + data_name.split(":", 1)[0]
+
+
+def canonical_metrics(names, data_name):
+    """``names`` with ``fd_<data>`` read as ``fd``; ValueError for unknown names and for the
+    Fréchet distance of another dataset's classifier."""
+    out = []
+    for name in names:
+        if name.startswith("fd_"):
+            if name != fd_name(data_name):
+                raise ValueError(
+                    f"metric {name!r}: the Fréchet-distance metric uses a classifier of the run's "
+                    f"own data; for data {data_name.split(':', 1)[0]!r} ask for 'fd' (reported as "
+                    f"{fd_name(data_name)!r})")
+            name = "fd"
+        elif name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)} (fd also as "
+                             f"{fd_name(data_name)})")
+        out.append(name)
+    return tuple(out)
 
 
 def _batched(fn, images, batch=256):
@@ -67,19 +94,19 @@ def inception_metrics(real, fake, weights_path, names):
 
 
 @torch.no_grad()
-def evaluate(fake_images, data, names=("fd_digits", "coverage"), inception_weights=None):
-    """Metrics of ``fake_images [N, 3, 32, 32]`` in [-1, 1] against ``data`` (an ImageData)."""
-    unknown = set(names) - set(METRICS)
-    if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {METRICS}")
+def evaluate(fake_images, data, names=("fd", "coverage"), inception_weights=None):
+    """Metrics of ``fake_images [N, 3, 32, 32]`` in [-1, 1] against ``data`` (an ImageData).
+    ``fd``'s real side is the held-out half of ``metric_split`` (the classifier never saw it)."""
+    names = canonical_metrics(names, data.name)
     fake = fake_images.float().contiguous()
     out = {}
-    if "fd_digits" in names or "coverage" in names:
+    if "fd" in names or "coverage" in names:
         classifier, _ = load_or_train_classifier(data)
-        if "fd_digits" in names:
-            real_f = _batched(classifier.features, data.images)
+        if "fd" in names:
+            _, heldout = metric_split(len(data.images))
+            real_f = _batched(classifier.features, data.images[heldout])
             fake_f = _batched(classifier.features, fake)
-            out["fd_digits"] = frechet_distance(real_f, fake_f)
+            out[fd_name(data.name)] = frechet_distance(real_f, fake_f)
         if "coverage" in names:
             pred = _batched(classifier, fake).argmax(1)
             hist = torch.bincount(pred, minlength=data.num_classes).double() / len(pred)
