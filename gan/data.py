@@ -99,27 +99,3 @@ def load(spec: str) -> ImageData:
         return load_folder(path)
     raise ValueError(f"--data must be 'digits', 'cifar10:/path' or 'folder:/path', got {spec!r}")
 
-
-class InfiniteBatches:
-    """Endless shuffled minibatches from a seeded generator (its state is checkpointed)."""
-
-    def __init__(self, data: ImageData, batch_size: int, seed: int):
-        if batch_size > len(data):
-            raise ValueError(f"batch size {batch_size} exceeds the dataset's {len(data)} images")
-        self.data, self.batch_size = data, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self._order, self._pos = torch.randperm(len(data), generator=self.generator), 0
-
-    def next(self) -> torch.Tensor:
-        if self._pos + self.batch_size > len(self._order):
-            self._order, self._pos = torch.randperm(len(self.data), generator=self.generator), 0
-        idx = self._order[self._pos:self._pos + self.batch_size]
-        self._pos += self.batch_size
-        return self.data.images[idx]
-
-    def state_dict(self):
-        return {"generator": self.generator.get_state(), "order": self._order, "pos": self._pos}
-
-    def load_state_dict(self, state):
-        self.generator.set_state(state["generator"])
-        self._order, self._pos = state["order"], state["pos"]

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .config import Config
 from .data import load as load_data
+from .distributed import SINGLE
 from .images import save_grid
 from .metrics import evaluate
 from .trainer import Trainer
@@ -73,58 +74,66 @@ class RunLog:
 
 
 def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, data=None,
-        state=None):
+        state=None, dist=SINGLE):
     """Train (or continue) the run in ``out``; returns ``(summary dict, trainer)``.
 
     ``resume`` continues from ``out``'s checkpoint — ``state`` when the caller has already loaded
     it (``gan.train`` validates it before training), else read here. ``setup(trainer)`` runs once
     before training (e.g. to install a lottery ticket); ``on_step(trainer)`` after every
-    iteration.
+    iteration. ``dist`` (``gan.distributed``): this process's rank; only rank 0 touches ``out``
+    (its summary alone carries metrics) — see ``gan.distributed``.
     """
-    os.makedirs(out, exist_ok=True)
+    main = dist.is_main
+    if main:
+        os.makedirs(out, exist_ok=True)
     data = data if data is not None else load_data(cfg.data)
-    trainer = Trainer(cfg, data)
+    trainer = Trainer(cfg, data, dist)
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if resume:
         trainer.load_state_dict(state if state is not None else checkpoint.load(ckpt_path))
     if setup is not None:
         setup(trainer)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-    log = RunLog(out, resume, cfg.tensorboard)
+    if main:
+        with open(os.path.join(out, "config.json"), "w") as f:
+            f.write(cfg.to_json())
+    log = RunLog(out, resume, cfg.tensorboard) if main else None
     sample_every, ckpt_every = cfg.period(cfg.sample_every, 8), cfg.period(cfg.ckpt_every, 4)
     eval_every = cfg.period(cfg.eval_every, 4) if cfg.eval_every != 0 else 0
     metrics, wall_start = {}, time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=trainer.iteration, desc=f"{cfg.method} {cfg.model}",
-               unit="it", dynamic_ncols=True, disable=None)
+               unit="it", dynamic_ncols=True, disable=None if main else True)
     try:
         while trainer.iteration < cfg.steps:
             row = trainer.train_step()
             it = trainer.iteration
             if on_step is not None:
                 on_step(trainer)
+            dist.check_masks(it, {"G": trainer.engine_G, "D": trainer.engine_D})
             if it % cfg.log_every == 0 or it == cfg.steps:
+                row.update(zip(("d_loss", "g_loss"), dist.mean(row["d_loss"], row["g_loss"])))
                 row.update(trainer.exploration(), lr_scale=trainer._lr_scale(it),
                            sec_per_iter=trainer.train_seconds / it)
-                log.row(row)
+                if main:
+                    log.row(row)
             bar.update(1)
             bar.set_postfix(d=f"{row['d_loss']:.3f}", g=f"{row['g_loss']:.3f}",
                             G=f"{row['density_G']:.2f}", D=f"{row['density_D']:.2f}",
                             br=f"{row['br_window']:.2f}")
-            if it % sample_every == 0 or it == cfg.steps:
+            if main and (it % sample_every == 0 or it == cfg.steps):
                 grid = trainer.sample(z=trainer.fixed_z)
                 save_grid(grid, os.path.join(out, "samples", f"iter_{it:06d}.png"), nrow=8)
                 save_grid(grid, os.path.join(out, "samples", "latest.png"), nrow=8)
-            if (eval_every and it % eval_every == 0) or it == cfg.steps:
+            if main and ((eval_every and it % eval_every == 0) or it == cfg.steps):
                 metrics = evaluate(trainer.sample(cfg.eval_samples), data, cfg.metric_names(),
                                    cfg.inception_weights)
                 log.metrics(it, metrics)
                 bar.write(f"[{it}] " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            if it % ckpt_every == 0 or it == cfg.steps:
+            if main and (it % ckpt_every == 0 or it == cfg.steps):
                 checkpoint.save(trainer.state_dict(), ckpt_path)
     finally:
         bar.close()
-        log.close()
+        if main:
+            log.close()
     summary = {
         "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "steps": cfg.steps,
         "wall_time_s": time.perf_counter() - wall_start,
@@ -140,6 +149,7 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
         "br_band": list(trainer.br_band),
         "br_in_band": trainer.br_in_band / trainer.br_counted if trainer.br_counted else None,
     }
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if main:
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary, trainer

@@ -20,10 +20,11 @@ from sparsekit.dst import Ticket, imp_prune, snapshot
 from sparsekit.dst.presets import get_preset
 
 from .data import load as load_data
+from .distributed import SINGLE
 from .loop import run
 
 
-def run_lottery(cfg, out, data=None):
+def run_lottery(cfg, out, data=None, dist=SINGLE):
     data = data if data is not None else load_data(cfg.data)
     rounds, ticket, rewind = [], None, {}
 
@@ -48,16 +49,18 @@ def run_lottery(cfg, out, data=None):
 
     for k in range(cfg.rounds + 1):
         summary, trainer = run(cfg, os.path.join(out, f"round_{k}"), setup=install,
-                               on_step=capture if k == 0 else None, data=data)
+                               on_step=capture if k == 0 else None, data=data, dist=dist)
         rounds.append({"round": k, "density_G": summary["densities"]["G"], "metrics": summary["metrics"],
                        "sec_per_iter": summary["sec_per_iter"]})
         if k == cfg.rounds:
             break
         imp_prune(trainer.engine_G, rate=cfg.prune_rate, scope=scope)
         ticket = Ticket.from_model(trainer.G, rewind["weights"], round=k + 1, rewind_step=cfg.rewind_step)
-        os.makedirs(os.path.join(out, f"round_{k + 1}"), exist_ok=True)
-        ticket.save(os.path.join(out, f"round_{k + 1}", "ticket.pt"))
+        if dist.is_main:  # every rank holds the same ticket: pruned from the same weights
+            os.makedirs(os.path.join(out, f"round_{k + 1}"), exist_ok=True)
+            ticket.save(os.path.join(out, f"round_{k + 1}", "ticket.pt"))
     summary = {"method": "lottery", "seed": cfg.seed, "steps_per_round": cfg.steps, "rounds": rounds}
-    with open(os.path.join(out, "lottery.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if dist.is_main:
+        with open(os.path.join(out, "lottery.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary

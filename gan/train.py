@@ -11,7 +11,12 @@ embedded digits, on CPU, in a few minutes. The run directory (``--out``, default
     checkpoint.pt    everything needed to continue bit-identically (written atomically)
     summary.json     method, seed, steps, wall time, time per iteration, densities, metrics
 
-``--resume DIR`` continues DIR's run with its saved configuration; only ``--steps`` may change.
+``--resume DIR`` continues DIR's run with its saved configuration; only ``--steps`` may change
+(and the launch: the number of processes and the multi-process flags).
+
+Under ``torchrun --nproc_per_node N -m gan.train ...`` the run trains data-parallel on N
+processes (``gan.distributed``): --batch-size is the global batch, each process gets
+--batch-size / N; only rank 0 writes the run directory and evaluates metrics.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import os
 import sys
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Config, add_arguments, from_args, given_flags, load_json
 from .data import load as load_data
 from .lottery import run_lottery
@@ -36,6 +41,7 @@ def parse(argv=None):
     parser.add_argument("--out", help="run directory (default: runs/<method>-<model>-s<seed>)")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (only --steps may change)")
     add_arguments(parser)
+    distributed.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         if args.resume:
@@ -75,16 +81,19 @@ def preflight(cfg: Config, out: str, resume: bool):
 def main(argv=None):
     cfg, out, resume = parse(argv)
     try:
+        dist = distributed.from_launch(distributed.launch_options(argv), cfg)
         data, state = preflight(cfg, out, resume)
     except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
         # A user error: one line and exit 2, as argparse does for a bad value.
         print(f"python -m gan.train: error: {e}", file=sys.stderr)
         return 2
-    if cfg.method == "lottery":
-        summary = run_lottery(cfg, out, data=data)
-    else:
-        summary, _ = run(cfg, out, resume, data=data, state=state)
-    print(json.dumps(summary, indent=2))
+    with distributed.process_group(dist):
+        if cfg.method == "lottery":
+            summary = run_lottery(cfg, out, data=data, dist=dist)
+        else:
+            summary, _ = run(cfg, out, resume, data=data, state=state, dist=dist)
+    if dist.is_main:
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -24,7 +24,9 @@ from sparsekit.dst.presets import DDSTPreset, get_preset
 
 from . import losses
 from .config import Config
-from .data import ImageData, InfiniteBatches
+from .data import ImageData
+from .distributed import SINGLE, Distributed
+from .loader import InfiniteBatches
 from .models import build
 
 SN_TYPES = (nn.Conv2d, nn.Linear, sparsekit.SparseConv2d, sparsekit.SparseLinear)
@@ -47,13 +49,13 @@ def _set_precision(cfg: Config):
 class Trainer:
     """Owns the models, optimizers, engines, EMA, data stream and noise of one run."""
 
-    def __init__(self, cfg: Config, data: ImageData):
+    def __init__(self, cfg: Config, data: ImageData, dist: Distributed = SINGLE):
         cfg.validate()
         _set_precision(cfg)
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available here")
         sparsekit.set_backend(cfg.backend)
-        self.cfg, self.data = cfg, data
+        self.cfg, self.data, self.dist = cfg, data, dist
         self.device = torch.device(cfg.device)
         self.n_dis = cfg.resolved_n_dis()
         torch.manual_seed(cfg.seed)
@@ -92,7 +94,11 @@ class Trainer:
         ddst = self.preset.ddst if self.preset is not None and self.preset.ddst is not None else DDSTPreset()
         self.br_band = (ddst.lower, ddst.upper)
         self.br_in_band = self.br_counted = 0
-        self.batches = InfiniteBatches(data, cfg.batch_size, cfg.seed)
+        # The forward passes whose gradients are averaged over ranks (the modules themselves in
+        # one process); G's step runs D itself, whose weights need no gradient there.
+        self.ddp_G, self.ddp_D = dist.wrap(self.G), dist.wrap(self.D)
+        self.batches = InfiniteBatches(data, cfg.batch_size, cfg.seed, dist.rank, dist.world_size,
+                                       pin_memory=self.device.type == "cuda")
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
         self.fixed_z = torch.randn(64, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
         self.iteration = 0
@@ -112,7 +118,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def _z(self, n):
-        return torch.randn(n, self.G.z_dim, generator=self.noise).to(self.device)
+        return self.dist.local_rows(torch.randn(n, self.G.z_dim, generator=self.noise)).to(self.device)
 
     def _real(self):
         return self.batches.next().to(self.device)
@@ -141,7 +147,7 @@ class Trainer:
             with self._autocast():
                 with torch.no_grad():
                     fake = self.G(self._z(cfg.batch_size))
-                real_logits, fake_logits = self.D(real), self.D(fake)
+                real_logits, fake_logits = self.ddp_D(real), self.ddp_D(fake)
                 d_loss = losses.d_loss(cfg.loss, real_logits.float(), fake_logits.float())
             self.opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -151,7 +157,7 @@ class Trainer:
         z = self._z(cfg.batch_size)
         self.D.requires_grad_(False)  # G's step needs D's dX only: skip D's (discarded) dW
         with self._autocast():
-            fake_logits = self.D(self.G(z)).float()
+            fake_logits = self.D(self.ddp_G(z)).float()
             g_loss = losses.g_loss(cfg.loss, fake_logits)
         self.opt_G.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -164,7 +170,7 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 after = self.D(self.G(z)).float().mean()
                 real_now = self.D(real).float().mean()
-            br = self.balance.add(fake_logits.detach().float().mean(), after, real_now)
+            br = self.balance.add(*self.dist.mean(fake_logits.detach().float().mean(), after, real_now))
             if br is not None and self.balance.full:
                 self.br_counted += 1
                 self.br_in_band += self.br_band[0] <= self.balance.value <= self.br_band[1]
