@@ -2,7 +2,7 @@
 two ranks at per-rank batch B/2 compute what one rank computes at B, the mask check names a
 desynchronised layer, only rank 0 writes, and a run resumes on another number of processes.
 
-Ranks are started with ``torch.multiprocessing.spawn`` (the environment torchrun would set, so
+Ranks are started with ``torch.multiprocessing`` (the environment torchrun would set, so
 ``gan.distributed.from_launch`` reads it as under torchrun); one test runs the real ``torchrun``.
 """
 
@@ -50,8 +50,19 @@ def _rank_entry(rank, port, options, worker, args):
 
 def spawn(worker, *args, options=()):
     """Run ``worker(ctx, *args)`` on 2 ranks joined as under torchrun; a rank's exception fails
-    the test with its traceback."""
-    mp.spawn(_rank_entry, args=(_free_port(), list(options), worker, args), nprocs=WORLD)
+    the test with its traceback. Forked (as DataLoader workers are, one thread each) to save a
+    fresh interpreter's imports; spawned once this process has initialised CUDA, which a forked
+    child could not use."""
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    mp.start_processes(_rank_entry, args=(_free_port(), list(options), worker, args), nprocs=WORLD,
+                       start_method=method)
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """One tiny run in this process first: forked ranks inherit its lazy imports and warmed-up
+    kernels instead of paying for them each (seconds per rank)."""
+    run(Config(**dict(TINY, method="rigl", steps=1)), str(tmp_path_factory.mktemp("warm")))
 
 
 def _all_equal(ctx, value, what):
@@ -82,6 +93,8 @@ def _fingerprint(trainer):
             state = engine.state_dict()
             out[name] = repr({k: v for k, v in state.items() if k not in ("ever_active", "generator")})
             out[name + ".generator"] = state["generator"].numpy().tobytes()
+            out.update({f"{name}.ever_active.{k}": v.numpy().tobytes()
+                        for k, v in state["ever_active"].items()})
     out["balance"] = repr(trainer.balance.state_dict())
     return out
 
@@ -93,6 +106,8 @@ def _methods_worker(ctx, tmp):
         cfg = Config(**dict(TINY, method=method, steps=3, update_every=2))
         _, trainer = run(cfg, os.path.join(out, method), dist=ctx)
         _all_equal(ctx, _fingerprint(trainer), f"{method}: weights, masks or engine states")
+    # IMP prunes G on every rank from the same weights: --check-masks-every 1 compares the
+    # round-1 masks at every iteration
     run_lottery(Config(**dict(TINY, method="lottery", steps=2, rounds=1)),
                 os.path.join(out, "lottery"), dist=ctx)
 
@@ -125,7 +140,7 @@ def _methods_worker(ctx, tmp):
         assert os.path.isfile(os.path.join(out, "lottery", "round_1", "ticket.pt"))
 
 
-def test_every_method_keeps_masks_and_weights_identical_on_two_ranks(tmp_path):
+def test_every_method_keeps_masks_and_weights_identical_on_two_ranks(tmp_path, warm):
     spawn(_methods_worker, str(tmp_path), options=["--check-masks-every", "1"])
 
 
@@ -166,7 +181,7 @@ def _assert_close_states(a, b):
                                            msg=lambda m: f"{net}.{key}: {m}")
 
 
-def test_two_ranks_at_half_batch_match_one_rank_and_resume_on_one(tmp_path, monkeypatch):
+def test_two_ranks_at_half_batch_match_one_rank_and_resume_on_one(tmp_path, monkeypatch, warm):
     """RigL (gradient regrowth at iterations 2 and 4) on a model without batch norm: 2 ranks at
     per-rank batch 4 equal 1 rank at batch 8, within float32 summation-order tolerance; the
     2-rank checkpoint at iteration 3 resumed on 1 rank continues as the 1-rank run does."""
@@ -187,29 +202,27 @@ def test_two_ranks_at_half_batch_match_one_rank_and_resume_on_one(tmp_path, monk
 
 # ---------------------------------------------------------------------------------- sparse layers
 def _sparse_model():
-    return nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+    return nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
                          nn.Flatten(), nn.Linear(32 * 4 * 4, 32))
 
 
-def _sparse_ddp_worker(ctx):
-    for backend in ("reference", "cpu"):
+def _sparse_ddp_worker(ctx, backends):
+    for backend in backends:
         sparsekit.set_backend(backend)
         torch.manual_seed(0)
         model = _sparse_model().to(memory_format=torch.channels_last)
-        engine = DynamicSparsity(model, density=0.4, block=(8, 8), method="rigl", stop_at=10, seed=3)
+        engine = DynamicSparsity(model, density=0.4, block=(16, 16), method="rigl", stop_at=10, seed=3)
         ddp = ctx.wrap(model)
-        x = torch.randn(4, 8, 4, 4, generator=torch.Generator().manual_seed(ctx.rank))
+        x = torch.randn(4, 16, 4, 4, generator=torch.Generator().manual_seed(ctx.rank))
         for dense_dw in (False, True, False):
             for layer in engine.layers:
                 layer.layout.dense_dw = dense_dw
             model.zero_grad(set_to_none=True)
             ddp(x).square().mean().backward()
             grads = {layer.name: layer.param.grad for layer in engine.layers}
-            if not dense_dw:  # the all-reduced gradient of a pruned weight is exactly 0
-                for layer in engine.layers:
-                    assert (grads[layer.name][~layer.layout.element_mask()] == 0).all(), layer.name
-            else:
-                assert all((g != 0).float().mean() > 0.9 for g in grads.values())
+            for layer in engine.layers:  # all-reduced: a pruned weight's gradient is exactly 0
+                pruned = grads[layer.name][~layer.layout.element_mask()]  # unless dense dW is on
+                assert (pruned != 0).any() if dense_dw else (pruned == 0).all(), layer.name
             _all_equal(ctx, {n: g.numpy().tobytes() for n, g in grads.items()},
                        f"{backend}: all-reduced gradients")
             # the layouts' index buffers are rewritten in place; DDP's buckets hold grads only
@@ -227,8 +240,10 @@ def _sparse_ddp_worker(ctx):
         ctx.check_masks(4, {"net": engine})
 
 
-def test_sparse_layers_under_ddp_and_the_mask_check(tmp_path):
-    spawn(_sparse_ddp_worker, options=["--check-masks-every", "2"])
+def test_sparse_layers_under_ddp_and_the_mask_check():
+    """The CPU backends; the Triton kernels (16×16 blocks fit them) pass the same worker under
+    the interpreter too, but take ~10 s per rank there, so they are left to a GPU machine."""
+    spawn(_sparse_ddp_worker, ("reference", "cpu"), options=["--check-masks-every", "2"])
 
 
 # ---------------------------------------------------------------------------------- torchrun CLI
