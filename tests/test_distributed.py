@@ -8,6 +8,7 @@ Ranks are started with ``torch.multiprocessing`` (the environment torchrun would
 
 import csv
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -48,21 +49,17 @@ def _rank_entry(rank, port, options, worker, args):
         worker(ctx, *args)
 
 
+# Ranks fork from a fresh server process that imported these once (forking pytest itself is
+# unsafe once autograd or CUDA threads run in it; spawning re-imports torch in every rank).
+_PRELOAD = ["torch", "sklearn.datasets", "gan.loop", "gan.lottery", "gan.train", __name__]
+
+
 def spawn(worker, *args, options=()):
     """Run ``worker(ctx, *args)`` on 2 ranks joined as under torchrun; a rank's exception fails
-    the test with its traceback. Forked (as DataLoader workers are, one thread each) to save a
-    fresh interpreter's imports; spawned once this process has initialised CUDA, which a forked
-    child could not use."""
-    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    the test with its traceback."""
+    multiprocessing.set_forkserver_preload(_PRELOAD)
     mp.start_processes(_rank_entry, args=(_free_port(), list(options), worker, args), nprocs=WORLD,
-                       start_method=method)
-
-
-@pytest.fixture(scope="module")
-def warm(tmp_path_factory):
-    """One tiny run in this process first: forked ranks inherit its lazy imports and warmed-up
-    kernels instead of paying for them each (seconds per rank)."""
-    run(Config(**dict(TINY, method="rigl", steps=1)), str(tmp_path_factory.mktemp("warm")))
+                       start_method="forkserver")
 
 
 def _all_equal(ctx, value, what):
@@ -140,7 +137,7 @@ def _methods_worker(ctx, tmp):
         assert os.path.isfile(os.path.join(out, "lottery", "round_1", "ticket.pt"))
 
 
-def test_every_method_keeps_masks_and_weights_identical_on_two_ranks(tmp_path, warm):
+def test_every_method_keeps_masks_and_weights_identical_on_two_ranks(tmp_path):
     spawn(_methods_worker, str(tmp_path), options=["--check-masks-every", "1"])
 
 
@@ -181,7 +178,7 @@ def _assert_close_states(a, b):
                                            msg=lambda m: f"{net}.{key}: {m}")
 
 
-def test_two_ranks_at_half_batch_match_one_rank_and_resume_on_one(tmp_path, monkeypatch, warm):
+def test_two_ranks_at_half_batch_match_one_rank_and_resume_on_one(tmp_path, monkeypatch):
     """RigL (gradient regrowth at iterations 2 and 4) on a model without batch norm: 2 ranks at
     per-rank batch 4 equal 1 rank at batch 8, within float32 summation-order tolerance; the
     2-rank checkpoint at iteration 3 resumed on 1 rank continues as the 1-rank run does."""
