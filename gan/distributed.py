@@ -3,9 +3,9 @@ rank-0 duties, rank-averaged scalars and the mask-hash check.
 
 ``torchrun --nproc_per_node N -m gan.train ...`` starts N copies of ``gan.train``; each finds its
 place in the environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-``MASTER_PORT``: :func:`from_launch`) and :func:`process_group` joins the process group (``nccl`` for ``--device cuda``,
-``gloo`` for CPU; ``--dist-backend`` overrides). A plain ``python -m gan.train`` gets
-:data:`SINGLE` and never touches ``torch.distributed``.
+``MASTER_PORT``: :func:`from_launch`) and :func:`process_group` joins the process group
+(``nccl`` for ``--device cuda``, ``gloo`` for CPU; ``--dist-backend`` overrides). A plain
+``python -m gan.train`` gets :data:`SINGLE` and never touches ``torch.distributed``.
 
 What keeps the ranks identical (every rank builds the same run from the same seed):
 
