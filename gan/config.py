@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sparsekit import BACKENDS
 from sparsekit.dst.presets import PRESETS, IMPPreset
 
 from .losses import LOSSES
@@ -61,7 +62,7 @@ class Config:
     prune_fraction: Optional[float] = _h("initial prune fraction p0 of each mask update", default=None)
     paper_exact: bool = _h("keep the papers' periods (ΔT, DDST period, BR window) instead of "
                            "scaling them by steps/100k (floor 10)", default=False)
-    backend: str = _h("sparsekit backend: auto, reference, cpu, triton, cuda", default="auto")
+    backend: str = _h(f"sparsekit backend: auto, {', '.join(BACKENDS)}", default="auto")
     precision: str = _h("fp32 (IEEE), tf32 (CUDA matmul/conv and the Triton layers in TF32) or "
                         "bf16 (autocast; fp32 master weights and Adam state; sparse layers in "
                         "bf16 on CUDA, on the fp32 kernels on CPU)", default="fp32")
@@ -113,7 +114,7 @@ class Config:
         """Raise ValueError naming the flag for any bad value."""
         choices = dict(method=METHODS, model=MODELS, loss=LOSSES, precision=PRECISIONS,
                        lr_decay=("linear", "none"), device=("cpu", "cuda"),
-                       backend=("auto", "reference", "cpu", "triton", "cuda"))
+                       backend=("auto",) + BACKENDS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
