@@ -99,7 +99,7 @@ def _split(flat, pool):
 
 
 def pool_sizes(pool) -> torch.Tensor:
-    return _flat(pool, lambda layer: layer.block_sizes)
+    return _flat(pool, lambda layer: layer.layout.block_numel())
 
 
 def plan_prune_regrow(pool, fraction: float, budget: int, grow_score_fn):
