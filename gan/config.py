@@ -16,9 +16,10 @@ from typing import Optional
 from sparsekit import BACKENDS
 from sparsekit.dst.presets import PRESETS, IMPPreset
 
+from .data import specs as data_specs
 from .losses import LOSSES
 from .metrics.suite import METRICS
-from .models import MODELS
+from .models import MODELS, N_DIS
 
 METHODS = ("dense",) + tuple(sorted(PRESETS))
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -30,16 +31,15 @@ def _h(text, **kw):
 
 @dataclass
 class Config:
-    method: str = _h("dense, or a sparse-training preset of sparsekit.dst (static, set, rigl, "
-                     "stu-gan, sdst, ddst, ddst-strict, lottery)", default="stu-gan")
+    method: str = _h("dense, or a sparse-training preset of sparsekit.dst ("
+                     f"{', '.join(PRESETS)})", default="stu-gan")
     model: str = _h(f"architecture pair: {', '.join(MODELS)}", default="dcgan")
     width: float = _h("channel-width multiplier of both networks", default=0.5)
-    data: str = _h("'digits' (embedded), 'cifar10:/path' (python pickle batches) or 'folder:/path'",
-                   default="digits")
+    data: str = _h(f"dataset: {data_specs()} (gan/data.py says what each is)", default="digits")
     steps: int = _h("total generator iterations", default=800)
     batch_size: int = _h("images per batch (real and fake)", default=64)
-    n_dis: Optional[int] = _h("discriminator steps per generator step (default: 5 for sngan, 1 for "
-                              "dcgan)", default=None)
+    n_dis: Optional[int] = _h("discriminator steps per generator step (default: " + ", ".join(
+        f"{n} for {m}" for m, n in N_DIS.items()) + ")", default=None)
     loss: str = _h(f"GAN loss: {', '.join(LOSSES)}", default="hinge")
     lr_g: float = _h("generator Adam learning rate", default=2e-4)
     lr_d: float = _h("discriminator Adam learning rate", default=2e-4)
@@ -102,7 +102,7 @@ class Config:
         return (bn, bk)
 
     def resolved_n_dis(self):
-        return self.n_dis if self.n_dis is not None else (5 if self.model == "sngan" else 1)
+        return self.n_dis if self.n_dis is not None else N_DIS[self.model]
 
     def period(self, value, fraction):
         return value if value is not None else max(1, self.steps // fraction)

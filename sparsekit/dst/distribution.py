@@ -39,7 +39,8 @@ def uniform_densities(shapes: dict[str, tuple], density: float) -> dict[str, flo
     return {name: float(density) for name in shapes}
 
 
-def distribute_density(shapes: dict[str, tuple], density: float, distribution: str) -> dict[str, float]:
+def distribute_density(shapes: dict[str, tuple], density: float,
+                       distribution: str) -> dict[str, float]:
     """Spread the global ``density`` over the layers by ``distribution`` ("erk" or "uniform").
 
     (An engine's current per-layer densities are ``DynamicSparsity.layer_densities()``.)
