@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from . import backends
 from .backends import BlockIndex, routing
-from .backends.problem import conv_problem
+from .backends.problem import conv_problem, linear_problem
 from .geometry import ConvGeometry, make_geometry
 from .layout import BlockLayout
 
@@ -120,7 +120,7 @@ def linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], bitmap: Tensor
 
 @linear_fwd.register_fake
 def _(x, weight, bias, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK, dense_dw):
-    return x.new_empty((x.shape[0], weight.shape[0]))
+    return linear_problem(x.shape[0], weight.shape).empty_output(x)
 
 
 @torch.library.custom_op("sparsekit::linear_dx", mutates_args=())
@@ -132,7 +132,7 @@ def linear_dx(dy: Tensor, weight: Tensor, bitmap: Tensor, row_ptr: Tensor, col_i
 
 @linear_dx.register_fake
 def _(dy, weight, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK):
-    return dy.new_empty((dy.shape[0], weight.shape[1]))
+    return linear_problem(dy.shape[0], weight.shape).empty_input_grad(dy)
 
 
 @torch.library.custom_op("sparsekit::linear_dw", mutates_args=())

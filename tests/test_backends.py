@@ -59,11 +59,14 @@ def fresh_registry(monkeypatch, tmp_path):
         monkeypatch.setattr(backends, "__path__", [*backends.__path__, str(tmp_path)])
         monkeypatch.delitem(sys.modules, f"sparsekit.backends.{name}", raising=False)
         backends.declared.cache_clear()
+        backends.serving.cache_clear()
 
     yield add
     backends.declared.cache_clear()
+    backends.serving.cache_clear()
     for name in [p.stem for p in tmp_path.glob("*.py")]:
         sys.modules.pop(f"sparsekit.backends.{name}", None)
+        backends._loaded.pop(name, None)
         if hasattr(backends, name):
             delattr(backends, name)
     sparsekit.set_backend("auto")
@@ -79,7 +82,14 @@ def test_every_backend_module_is_found_by_its_declaration():
     assert backends.serving("mps") == ()
 
 
-def test_auto_order_follows_the_declared_priority(monkeypatch):
+@pytest.fixture
+def fresh_order():
+    backends.serving.cache_clear()
+    yield
+    backends.serving.cache_clear()
+
+
+def test_auto_order_follows_the_declared_priority(monkeypatch, fresh_order):
     cuda = backends.declared()["cuda"]
     monkeypatch.setattr(cuda, "priority", 30)
     assert backends.serving("cuda") == ("cuda", "triton")
@@ -137,3 +147,23 @@ def test_one_problem_for_every_kernel():
     lin = linear_problem(13, (8, 20))
     assert lin.is_linear and lin.pixels == 13 and lin.kernel_args()[:3] == (1, 13, 20)
     assert lin.empty_output(x).shape == (13, 8) and lin.empty_input_grad(x).shape == (13, 20)
+
+
+@pytest.mark.parametrize("name", ["cpu", "reference"])
+def test_weight_grad_comes_back_in_the_weights_own_strides(name, monkeypatch):
+    """The six ops bring inputs into the launchers' layout once for every backend: a contiguous
+    (NCHW) conv weight gets the same dW as a channels_last one, in its own strides."""
+    from sparsekit.backends import cpu
+
+    monkeypatch.setattr(cpu, "DENSE_WHEN_FULL", False)
+    backend, ref = backends.load(name), backends.load("reference")
+    torch.manual_seed(0)
+    w, x = torch.randn(24, 20, 3, 3), torch.randn(2, 20, 6, 5)
+    layout = make_layout(w.shape, (8, 4), 0.5)
+    idx = backends.BlockIndex(*layout.index_tensors(), *layout.block)
+    geom = make_geometry(1, 1, 1, 1)
+    dy = torch.randn(2, 24, 6, 5)
+    want = ref.conv2d_dw(dy, x, w.contiguous(memory_format=torch.channels_last), idx, geom, False)
+    got = backend.conv2d_dw(dy, x, w, idx, geom, False)
+    assert got.stride() == w.stride()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

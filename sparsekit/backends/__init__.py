@@ -56,26 +56,31 @@ def names() -> tuple[str, ...]:
     return tuple(declared())
 
 
+@functools.cache
 def serving(device_type: str) -> tuple[str, ...]:
     """Backends ``auto`` may pick for tensors on ``device_type``, highest priority first."""
     backends = [b for b in declared().values() if device_type in b.device_types]
     return tuple(b.name for b in sorted(backends, key=lambda b: -b.priority))
 
 
+_loaded: dict[str, Backend] = {}
+
+
 def load(name: str) -> Backend:
     """Backend ``name``, loaded (once); raises BackendUnavailable saying why it cannot run here,
     or ValueError for an unknown name or a bad setting (e.g. ``SPARSEKIT_CPU_ISA``)."""
+    backend = _loaded.get(name)  # dispatch calls this for every op: the common case first
+    if backend is not None:
+        return backend
     backends = declared()
     if name not in backends:
         raise ValueError(f"backend must be one of {names()} or 'auto', got {name!r}")
-    backend = backends[name]
-    if not backend.loaded:
-        try:
-            backend.load()
-        except ImportError as e:
-            raise BackendUnavailable(f"backend {name!r} could not be loaded: {e}") from e
-        backend.loaded = True
-    return backend
+    try:
+        backends[name].load()
+    except ImportError as e:
+        raise BackendUnavailable(f"backend {name!r} could not be loaded: {e}") from e
+    _loaded[name] = backends[name]
+    return backends[name]
 
 
 def availability(name: str) -> tuple[bool, str]:

@@ -78,9 +78,6 @@ class Backend:
     priority: int = 0
     dtypes: tuple[torch.dtype, ...] = ()  # () = any dtype
 
-    def __init__(self):
-        self.loaded = False
-
     def __repr__(self):
         return f"<sparsekit backend {self.name!r}>"
 
@@ -163,9 +160,11 @@ class Backend:
     def _weight_grad(self, p, dy, x, weight, idx, dense_dw, memory_format):
         """The launcher computes dW in the K-contiguous layout; a weight given in another memory
         format gets that result copied into its own strides."""
-        dw = self.grad_weight(p, dy, x, weight.contiguous(memory_format=memory_format), idx,
-                              dense_dw)
-        return dw if dw.stride() == weight.stride() else torch.empty_like(weight).copy_(dw)
+        weight_k = weight.contiguous(memory_format=memory_format)
+        dw = self.grad_weight(p, dy, x, weight_k, idx, dense_dw)
+        if weight_k is weight or dw.stride() == weight.stride():
+            return dw
+        return torch.empty_like(weight).copy_(dw)
 
 
 def _contiguous(t):

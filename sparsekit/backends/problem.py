@@ -94,7 +94,7 @@ class Problem(NamedTuple):
 def linear_problem(m, weight_shape):
     """``x [M, K] · W[N, K]ᵀ`` as the 1×1 conv of a ``[1, 1, M, K]`` image."""
     n, k = weight_shape
-    return Problem(1, 1, m, k, 1, m, n, 1, 1, 1, 1, 0, 0, 1, 1, 1, is_linear=True)
+    return Problem(1, 1, m, k, 1, m, n, 1, 1, 1, 1, 0, 0, 1, 1, 1, True)  # is_linear
 
 
 def conv_problem(x_shape, weight_shape, geom: ConvGeometry):
