@@ -13,11 +13,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sparsekit import BACKENDS
 from sparsekit.dst.presets import PRESETS, IMPPreset
 
+from .data import specs as data_specs
 from .losses import LOSSES
 from .metrics.suite import METRICS, canonical_metrics
-from .models import MODELS
+from .models import MODELS, N_DIS
 
 METHODS = ("dense",) + tuple(sorted(PRESETS))
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -29,16 +31,15 @@ def _h(text, **kw):
 
 @dataclass
 class Config:
-    method: str = _h("dense, or a sparse-training preset of sparsekit.dst (static, set, rigl, "
-                     "stu-gan, sdst, ddst, ddst-strict, lottery)", default="stu-gan")
+    method: str = _h("dense, or a sparse-training preset of sparsekit.dst ("
+                     f"{', '.join(PRESETS)})", default="stu-gan")
     model: str = _h(f"architecture pair: {', '.join(MODELS)}", default="dcgan")
     width: float = _h("channel-width multiplier of both networks", default=0.5)
-    data: str = _h("'digits' (embedded), 'cifar10:/path' (python pickle batches) or 'folder:/path'",
-                   default="digits")
+    data: str = _h(f"dataset: {data_specs()} (gan/data.py says what each is)", default="digits")
     steps: int = _h("total generator iterations", default=800)
     batch_size: int = _h("images per batch (real and fake)", default=64)
-    n_dis: Optional[int] = _h("discriminator steps per generator step (default: 5 for sngan, 1 for "
-                              "dcgan)", default=None)
+    n_dis: Optional[int] = _h("discriminator steps per generator step (default: " + ", ".join(
+        f"{n} for {m}" for m, n in N_DIS.items()) + ")", default=None)
     loss: str = _h(f"GAN loss: {', '.join(LOSSES)}", default="hinge")
     lr_g: float = _h("generator Adam learning rate", default=2e-4)
     lr_d: float = _h("discriminator Adam learning rate", default=2e-4)
@@ -61,7 +62,7 @@ class Config:
     prune_fraction: Optional[float] = _h("initial prune fraction p0 of each mask update", default=None)
     paper_exact: bool = _h("keep the papers' periods (ΔT, DDST period, BR window) instead of "
                            "scaling them by steps/100k (floor 10)", default=False)
-    backend: str = _h("sparsekit backend: auto, reference, cpu, triton, cuda", default="auto")
+    backend: str = _h(f"sparsekit backend: auto, {', '.join(BACKENDS)}", default="auto")
     precision: str = _h("fp32 (IEEE), tf32 (CUDA matmul/conv and the Triton layers in TF32) or "
                         "bf16 (autocast; fp32 master weights and Adam state; sparse layers in "
                         "bf16 on CUDA, on the fp32 kernels on CPU)", default="fp32")
@@ -103,7 +104,7 @@ class Config:
         return (bn, bk)
 
     def resolved_n_dis(self):
-        return self.n_dis if self.n_dis is not None else (5 if self.model == "sngan" else 1)
+        return self.n_dis if self.n_dis is not None else N_DIS[self.model]
 
     def period(self, value, fraction):
         return value if value is not None else max(1, self.steps // fraction)
@@ -115,7 +116,7 @@ class Config:
         """Raise ValueError naming the flag for any bad value."""
         choices = dict(method=METHODS, model=MODELS, loss=LOSSES, precision=PRECISIONS,
                        lr_decay=("linear", "none"), device=("cpu", "cuda"),
-                       backend=("auto", "reference", "cpu", "triton", "cuda"))
+                       backend=("auto",) + BACKENDS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
