@@ -25,12 +25,14 @@ import statistics
 import sys
 import time
 
+from .config import DENSE_METHODS
+
 DEFAULT_METHODS = "dense,static,stu-gan"
 
 
 def _cell_args(method, seed, args):
     argv = ["--method", method, "--seed", str(seed)] + shlex.split(args.train_args)
-    if method != "dense":
+    if method not in DENSE_METHODS:
         argv += ["--g-density", str(args.g_density), "--d-density", str(args.d_density),
                  "--sparse-layers", args.sparse_layers]
     return argv

@@ -5,11 +5,17 @@
 norm here — the trainer applies it after the DST engine has sparsified D (DESIGN.md §4).
 """
 
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+import sparsekit
+
 from .dcgan import DCGANDiscriminator, DCGANGenerator
 from .layers import UpsampleConv
 from .sngan import SNGANDiscriminator, SNGANGenerator
 
 MODELS = ("sngan", "dcgan")
+SN_TYPES = (nn.Conv2d, nn.Linear, sparsekit.SparseConv2d, sparsekit.SparseLinear)
 
 
 def build(name: str, width: float = 1.0, z_dim: int = 128):
@@ -22,5 +28,14 @@ def build(name: str, width: float = 1.0, z_dim: int = 128):
     raise ValueError(f"model must be one of {MODELS}, got {name!r}")
 
 
-__all__ = ["MODELS", "build", "UpsampleConv", "SNGANGenerator", "SNGANDiscriminator",
+def add_spectral_norm(D: nn.Module) -> nn.Module:
+    """Spectral norm (torch's parametrization) on every conv/linear of ``D``, dense or sparse;
+    applied after sparsification, so a mask sits on ``weight.original`` (DESIGN.md §4)."""
+    for m in list(D.modules()):
+        if isinstance(m, SN_TYPES):
+            spectral_norm(m)
+    return D
+
+
+__all__ = ["MODELS", "SN_TYPES", "add_spectral_norm", "build", "UpsampleConv", "SNGANGenerator", "SNGANDiscriminator",
            "DCGANGenerator", "DCGANDiscriminator"]
