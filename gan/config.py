@@ -183,7 +183,8 @@ class Config:
                 raise ValueError(f"--{given[0].replace('_', '-')} needs --teacher CKPT")
             return
         if not 0.0 <= self.teacher_weight < float("inf"):
-            raise ValueError(f"--teacher-weight must be a finite number >= 0, got {self.teacher_weight}")
+            raise ValueError(f"--teacher-weight must be a finite number >= 0, got "
+                             f"{self.teacher_weight}")
         if self.stage1_steps is not None and not 0 <= self.stage1_steps < self.steps:
             raise ValueError(f"--stage1-steps must be in [0, --steps) = [0, {self.steps}) or the "
                              f"teacher is never used, got {self.stage1_steps}")

@@ -21,8 +21,8 @@ from .images import save_grid
 from .metrics import evaluate
 from .trainer import Trainer
 
-LOG_FIELDS = ["iteration", "d_loss", "g_loss", "teacher_term", "br", "br_window", "density_G", "density_D",
-              "exploration_G", "mask_change_G", "lr_scale", "sec_per_iter"]
+LOG_FIELDS = ["iteration", "d_loss", "g_loss", "teacher_term", "br", "br_window", "density_G",
+              "density_D", "exploration_G", "mask_change_G", "lr_scale", "sec_per_iter"]
 
 
 def finite(x):

@@ -79,8 +79,10 @@ def network_cost(model: nn.Module, example: torch.Tensor) -> dict:
     model.eval()
     model(example)
     model.train(was_training)
-    macs = sum(kept.get(id(w), w.numel()) * positions.positions[name]
-               for name, w in ((n, sparsekit.nn.weight_parameter(m)) for n, m in positions.modules.items()))
+    macs = 0
+    for name, module in positions.modules.items():
+        weight = sparsekit.nn.weight_parameter(module)
+        macs += kept.get(id(weight), weight.numel()) * positions.positions[name]
     return {"params": params, "macs": macs}
 
 

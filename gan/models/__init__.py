@@ -37,5 +37,5 @@ def add_spectral_norm(D: nn.Module) -> nn.Module:
     return D
 
 
-__all__ = ["MODELS", "SN_TYPES", "add_spectral_norm", "build", "UpsampleConv", "SNGANGenerator", "SNGANDiscriminator",
-           "DCGANGenerator", "DCGANDiscriminator"]
+__all__ = ["MODELS", "SN_TYPES", "add_spectral_norm", "build", "UpsampleConv", "SNGANGenerator",
+           "SNGANDiscriminator", "DCGANGenerator", "DCGANDiscriminator"]
