@@ -21,18 +21,22 @@ from .losses import LOSSES
 from .metrics.suite import METRICS, canonical_metrics
 from .models import MODELS, N_DIS
 
-METHODS = ("dense",) + tuple(sorted(PRESETS))
+DENSE_METHODS = ("dense", "dgl")  # no DST engine; dgl = dense student + --teacher
+METHODS = DENSE_METHODS + tuple(sorted(PRESETS))
+TEACHER_TERMS = ("logit", "g-loss")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def _h(text, **kw):
-    return field(metadata={"help": text}, **kw)
+def _h(text, shown=None, **kw):
+    """A field with its ``--help`` text; ``shown``: what the help calls a default of None."""
+    return field(metadata={"help": text, "shown": shown or "preset"}, **kw)
 
 
 @dataclass
 class Config:
-    method: str = _h("dense, or a sparse-training preset of sparsekit.dst ("
-                     f"{', '.join(PRESETS)})", default="stu-gan")
+    method: str = _h("dense, dgl (a dense student distilled from --teacher), or a "
+                     f"sparse-training preset of sparsekit.dst ({', '.join(PRESETS)})",
+                     default="stu-gan")
     model: str = _h(f"architecture pair: {', '.join(MODELS)}", default="dcgan")
     width: float = _h("channel-width multiplier of both networks", default=0.5)
     data: str = _h(f"dataset: {data_specs()} (gan/data.py says what each is)", default="digits")
@@ -62,6 +66,16 @@ class Config:
     prune_fraction: Optional[float] = _h("initial prune fraction p0 of each mask update", default=None)
     paper_exact: bool = _h("keep the papers' periods (ΔT, DDST period, BR window) instead of "
                            "scaling them by steps/100k (floor 10)", default=False)
+    teacher: Optional[str] = _h("DGL-GAN: a gan.train checkpoint.pt whose discriminator, frozen, "
+                                "adds a term to G's loss after --stage1-steps (any --method)",
+                                shown="none", default=None)
+    teacher_weight: float = _h("DGL-GAN: λ, the teacher term's weight in G's loss", default=0.1)
+    stage1_steps: Optional[int] = _h("DGL-GAN: generator iterations trained without the teacher "
+                                     "term before it is added", shown="half of --steps",
+                                     default=None)
+    teacher_term: str = _h("DGL-GAN: the teacher term, 'logit' (-mean D_t(G(z)), PAPERS.md) or "
+                           "'g-loss' (the --loss generator term on D_t's logits; the same for "
+                           "hinge)", default="logit")
     backend: str = _h(f"sparsekit backend: auto, {', '.join(BACKENDS)}", default="auto")
     precision: str = _h("fp32 (IEEE), tf32 (CUDA matmul/conv and the Triton layers in TF32) or "
                         "bf16 (autocast; fp32 master weights and Adam state; sparse layers in "
@@ -115,6 +129,7 @@ class Config:
     def validate(self):
         """Raise ValueError naming the flag for any bad value."""
         choices = dict(method=METHODS, model=MODELS, loss=LOSSES, precision=PRECISIONS,
+                       teacher_term=TEACHER_TERMS,
                        lr_decay=("linear", "none"), device=("cpu", "cuda"),
                        backend=("auto",) + BACKENDS)
         for name, allowed in choices.items():
@@ -152,12 +167,34 @@ class Config:
                              f"{self.rewind_step}")
         if self.rounds < 1 or self.rewind_step < 0:
             raise ValueError("--rounds must be >= 1 and --rewind-step >= 0")
+        self._validate_teacher()
         try:
             canonical_metrics(self.metric_names(), self.data)
         except ValueError as e:
             raise ValueError(f"--metrics: {e}") from None
         self.block_shape()
         return self
+
+    def _validate_teacher(self):
+        if self.method == "dgl" and not self.teacher:
+            raise ValueError("--method dgl (a dense student distilled from a teacher "
+                             "discriminator) needs --teacher CKPT")
+        if not self.teacher:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            given = [name for name in ("teacher_weight", "stage1_steps", "teacher_term")
+                     if getattr(self, name) != defaults[name]]
+            if given:
+                raise ValueError(f"--{given[0].replace('_', '-')} needs --teacher CKPT")
+            return
+        if not 0.0 <= self.teacher_weight < float("inf"):
+            raise ValueError(f"--teacher-weight must be a finite number >= 0, got "
+                             f"{self.teacher_weight}")
+        if self.stage1_steps is not None and not 0 <= self.stage1_steps < self.steps:
+            raise ValueError(f"--stage1-steps must be in [0, --steps) = [0, {self.steps}) or the "
+                             f"teacher is never used, got {self.stage1_steps}")
+
+    def resolved_stage1_steps(self):
+        return self.stage1_steps if self.stage1_steps is not None else self.steps // 2
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -174,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser):
             continue
         kind = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(
             f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""), str)
-        shown = "preset" if default is None else default
+        shown = f.metadata["shown"] if default is None else default
         parser.add_argument(flag, type=kind, default=None,
                             help=f"{f.metadata['help']} (default: {shown})")
 

@@ -23,7 +23,7 @@ from .data import load as load_data
 from .loop import run
 
 
-def run_lottery(cfg, out, data=None):
+def run_lottery(cfg, out, data=None, teacher=None):
     data = data if data is not None else load_data(cfg.data)
     rounds, ticket, rewind = [], None, {}
 
@@ -48,7 +48,7 @@ def run_lottery(cfg, out, data=None):
 
     for k in range(cfg.rounds + 1):
         summary, trainer = run(cfg, os.path.join(out, f"round_{k}"), setup=install,
-                               on_step=capture if k == 0 else None, data=data)
+                               on_step=capture if k == 0 else None, data=data, teacher=teacher)
         rounds.append({"round": k, "density_G": summary["densities"]["G"], "metrics": summary["metrics"],
                        "sec_per_iter": summary["sec_per_iter"]})
         if k == cfg.rounds:

@@ -12,6 +12,7 @@ embedded digits, on CPU, in a few minutes. The run directory (``--out``, default
     summary.json     method, seed, steps, wall time, time per iteration, densities, metrics
 
 ``--resume DIR`` continues DIR's run with its saved configuration; only ``--steps`` may change.
+``--teacher CKPT`` adds DGL-GAN's frozen teacher discriminator to G's loss (see gan.teacher).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import sys
 
 from . import checkpoint
+from . import teacher as distill
 from .config import Config, add_arguments, from_args, given_flags, load_json
 from .data import load as load_data
 from .lottery import run_lottery
@@ -56,10 +58,11 @@ def parse(argv=None):
 
 
 def preflight(cfg: Config, out: str, resume: bool):
-    """Check what a user can get wrong before any training: the data, the checkpoint to resume
-    and the InceptionV3 weights file. Raises FileNotFoundError, ValueError or CheckpointError
-    with a message naming the flag; returns the loaded data and checkpoint (None unless
-    resuming), for ``run`` to use rather than read again."""
+    """Check what a user can get wrong before any training: the data, the checkpoint to resume,
+    the InceptionV3 weights file and the teacher. Raises FileNotFoundError, ValueError or
+    CheckpointError with a message naming the flag; returns the loaded data, checkpoint (None
+    unless resuming) and teacher (None without --teacher), for ``run`` to use rather than read
+    again."""
     data = load_data(cfg.data)
     if set(cfg.metric_names()) & {"fid", "is"} and not (
             cfg.inception_weights and os.path.isfile(cfg.inception_weights)):
@@ -68,22 +71,23 @@ def preflight(cfg: Config, out: str, resume: bool):
     if resume:
         if cfg.method == "lottery":
             raise ValueError("--resume is not supported for --method lottery (rerun the rounds)")
-        return data, checkpoint.load(os.path.join(out, "checkpoint.pt"))
-    return data, None
+        state = checkpoint.load(os.path.join(out, "checkpoint.pt"))
+        return data, state, distill.preflight(cfg, data, out, state)
+    return data, None, distill.preflight(cfg, data, out, None)
 
 
 def main(argv=None):
     cfg, out, resume = parse(argv)
     try:
-        data, state = preflight(cfg, out, resume)
+        data, state, teacher = preflight(cfg, out, resume)
     except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
         # A user error: one line and exit 2, as argparse does for a bad value.
         print(f"python -m gan.train: error: {e}", file=sys.stderr)
         return 2
     if cfg.method == "lottery":
-        summary = run_lottery(cfg, out, data=data)
+        summary = run_lottery(cfg, out, data=data, teacher=teacher)
     else:
-        summary, _ = run(cfg, out, resume, data=data, state=state)
+        summary, _ = run(cfg, out, resume, data=data, state=state, teacher=teacher)
     print(json.dumps(summary, indent=2))
     return 0
 

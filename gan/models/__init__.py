@@ -11,10 +11,14 @@ engine has sparsified D (DESIGN.md §4).
 import importlib
 import pkgutil
 
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+import sparsekit
+
 from .dcgan import DCGANDiscriminator, DCGANGenerator
 from .layers import UpsampleConv
 from .sngan import SNGANDiscriminator, SNGANGenerator
-
 
 
 def _find_models():
@@ -33,6 +37,7 @@ _MODULES = _find_models()
 MODELS = tuple(_MODULES)
 #: ``{model: default discriminator steps per generator step}``
 N_DIS = {name: module.N_DIS for name, module in _MODULES.items()}
+SN_TYPES = (nn.Conv2d, nn.Linear, sparsekit.SparseConv2d, sparsekit.SparseLinear)
 
 
 def build(name: str, width: float = 1.0, z_dim: int = 128):
@@ -44,5 +49,14 @@ def build(name: str, width: float = 1.0, z_dim: int = 128):
     return _MODULES[name].build_pair(width, z_dim)
 
 
-__all__ = ["MODELS", "N_DIS", "build", "UpsampleConv", "SNGANGenerator", "SNGANDiscriminator",
-           "DCGANGenerator", "DCGANDiscriminator"]
+def add_spectral_norm(D: nn.Module) -> nn.Module:
+    """Spectral norm (torch's parametrization) on every conv/linear of ``D``, dense or sparse;
+    applied after sparsification, so a mask sits on ``weight.original`` (DESIGN.md §4)."""
+    for m in list(D.modules()):
+        if isinstance(m, SN_TYPES):
+            spectral_norm(m)
+    return D
+
+
+__all__ = ["MODELS", "N_DIS", "SN_TYPES", "add_spectral_norm", "build", "UpsampleConv",
+           "SNGANGenerator", "SNGANDiscriminator", "DCGANGenerator", "DCGANDiscriminator"]
