@@ -9,6 +9,7 @@ what masks must zero.
 from __future__ import annotations
 
 import fnmatch
+import glob
 
 import torch
 from torch import nn
@@ -104,7 +105,10 @@ def make_sparse(model: nn.Module, modules: dict, block) -> list[ManagedLayer]:
             raise ValueError(f"block {tuple(block)} differs from the block {m.layout.block} of the "
                              f"already sparse layer {name!r}")
     if dense:
-        sparsify(model, density={n: 1.0 for n in dense}, block=tuple(block))
+        # include: the caller chose these layers; sparsify is not to warn about the model's others
+        # (a depthwise or transposed conv the engine does not manage stays dense by design).
+        sparsify(model, density={n: 1.0 for n in dense}, block=tuple(block),
+                 include=[glob.escape(n) for n in dense])
     return [ManagedLayer(n, model.get_submodule(n)) for n in modules]
 
 
