@@ -20,12 +20,12 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 import sparsekit
 from sparsekit.dst import BalanceRatio, DDSTController, DynamicSparsity
-from sparsekit.dst.presets import get_preset
+from sparsekit.dst.presets import PRESETS, get_preset
 
 from . import losses
 from .config import Config
 from .data import ImageData, InfiniteBatches
-from .models import build
+from .models import build, weight_parameters
 
 SN_TYPES = (nn.Conv2d, nn.Linear, sparsekit.SparseConv2d, sparsekit.SparseLinear)
 
@@ -60,12 +60,12 @@ class Trainer:
         G, D = build(cfg.model, cfg.width)
         self.G, self.D = G.to(self.device), D.to(self.device)
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_G = torch.optim.Adam(weight_parameters(self.G), lr=cfg.lr_g, betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.engine_G = self.engine_D = self.controller = None
         self.preset = None
         br_every, br_window = 10, 100
-        if cfg.method != "dense":
+        if cfg.method in PRESETS:  # a sparse-training method; the others train dense
             self.preset = get_preset(cfg.method)
             if not cfg.paper_exact:
                 self.preset = self.preset.scaled(cfg.steps)
