@@ -73,18 +73,18 @@ class RunLog:
 
 
 def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, data=None,
-        state=None, teacher=None):
+        state=None, teacher=None, trainer_cls=Trainer):
     """Train (or continue) the run in ``out``; returns ``(summary dict, trainer)``.
 
     ``resume`` continues from ``out``'s checkpoint — ``state`` when the caller has already loaded
     it (``gan.train`` validates it before training), else read here; ``teacher``, the loaded
     ``--teacher`` (gan.teacher), likewise. ``setup(trainer)`` runs once
     before training (e.g. to install a lottery ticket); ``on_step(trainer)`` after every
-    iteration.
+    iteration. ``trainer_cls``: a Trainer subclass (the AlphaGAN search's).
     """
     os.makedirs(out, exist_ok=True)
     data = data if data is not None else load_data(cfg.data)
-    trainer = Trainer(cfg, data, teacher=teacher)
+    trainer = trainer_cls(cfg, data, teacher=teacher)
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if resume:
         trainer.load_state_dict(state if state is not None else checkpoint.load(ckpt_path))

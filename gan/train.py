@@ -11,6 +11,8 @@ embedded digits, on CPU, in a few minutes. The run directory (``--out``, default
     checkpoint.pt    everything needed to continue bit-identically (written atomically)
     summary.json     method, seed, steps, wall time, time per iteration, densities, metrics
 
+``--method alphagan-search`` also writes ``search.csv`` and ``genotype.json`` (gan.search).
+
 ``--resume DIR`` continues DIR's run with its saved configuration; only ``--steps`` may change.
 ``--teacher CKPT`` adds DGL-GAN's frozen teacher discriminator to G's loss (see gan.teacher).
 """
@@ -28,8 +30,17 @@ from .config import Config, add_arguments, from_args, given_flags, load_json
 from .data import load as load_data
 from .lottery import run_lottery
 from .loop import run
+from .search import run_search
 
 __all__ = ["main", "parse", "preflight", "run"]
+
+
+def _model_tag(model):
+    """The model's name for a directory: ``alphagan:PATH/x.json`` → ``alphagan-x``."""
+    if model.startswith("alphagan:"):
+        return "alphagan-" + os.path.splitext(os.path.basename(model.partition(":")[2]))[0]
+    return model
+
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(
@@ -53,7 +64,7 @@ def parse(argv=None):
         cfg = from_args(args).validate()
     except ValueError as e:
         parser.error(str(e))
-    out = args.out or os.path.join("runs", f"{cfg.method}-{cfg.model}-s{cfg.seed}")
+    out = args.out or os.path.join("runs", f"{cfg.method}-{_model_tag(cfg.model)}-s{cfg.seed}")
     return cfg, out, False
 
 
@@ -86,6 +97,8 @@ def main(argv=None):
         return 2
     if cfg.method == "lottery":
         summary = run_lottery(cfg, out, data=data, teacher=teacher)
+    elif cfg.method == "alphagan-search":
+        summary = run_search(cfg, out, resume, data=data, state=state)
     else:
         summary, _ = run(cfg, out, resume, data=data, state=state, teacher=teacher)
     print(json.dumps(summary, indent=2))

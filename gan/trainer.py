@@ -18,12 +18,12 @@ import torch
 
 import sparsekit
 from sparsekit.dst import BalanceRatio, DDSTController, DynamicSparsity
-from sparsekit.dst.presets import DDSTPreset, get_preset
+from sparsekit.dst.presets import PRESETS, DDSTPreset, get_preset
 
 from . import losses
-from .config import DENSE_METHODS, Config
+from .config import Config
 from .data import ImageData, InfiniteBatches
-from .models import SN_TYPES, add_spectral_norm, build
+from .models import SN_TYPES, add_spectral_norm, build, weight_parameters
 from .teacher import Teacher, distillation
 
 
@@ -63,12 +63,12 @@ class Trainer:
         G, D = build(cfg.model, cfg.width)
         self.G, self.D = G.to(self.device), D.to(self.device)
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_G = torch.optim.Adam(weight_parameters(self.G), lr=cfg.lr_g, betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.engine_G = self.engine_D = self.controller = None
         self.preset = None
         br_every, br_window = 10, 100
-        if cfg.method not in DENSE_METHODS:
+        if cfg.method in PRESETS:  # a sparse-training method; the others train dense
             self.preset = get_preset(cfg.method)
             if not cfg.paper_exact:
                 self.preset = self.preset.scaled(cfg.steps)

@@ -1,11 +1,14 @@
 """Generator/discriminator pairs for 32×32 images, built dense; sparsekit sparsifies them.
 
-A model is one module of this package that defines ``build_pair(width, z_dim) -> (G, D)`` and
-``N_DIS`` (its default discriminator steps per generator step); the module's name is the
-model's (``--model``). ``MODELS`` lists them and ``build(name, width, z_dim)`` builds one:
-"sngan" (SNGAN-ResNet, PAPERS.md) and "dcgan" (a small pair for quick CPU runs). Models run
-channels_last end to end; D carries no spectral norm here — the trainer applies it after the DST
-engine has sparsified D (DESIGN.md §4).
+A model pair is one module of this package that defines ``build_pair(width, z_dim) -> (G, D)``
+and ``N_DIS`` (its default discriminator steps per generator step); the module's name is the
+model's (``--model``). ``MODELS`` lists them: "sngan" (SNGAN-ResNet, PAPERS.md) and "dcgan" (a
+small pair for quick CPU runs). Besides them, ``build`` takes AlphaGAN's generators, each paired
+with the SNGAN D: "alphagan"/"alphagan-extended" (the search supernets over PAPERS.md's / issue
+17's op set, for ``--method alphagan-search``) and "alphagan:PATH.json" (the generator a genotype
+file describes); ``MODEL_CHOICES`` lists every name. Models run channels_last end to end; D
+carries no spectral norm here — the trainer applies it after the DST engine has sparsified D
+(DESIGN.md §4).
 """
 
 import importlib
@@ -16,6 +19,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 import sparsekit
 
+from . import genotype
+from .alphagan import AlphaGANGenerator
 from .dcgan import DCGANDiscriminator, DCGANGenerator
 from .layers import UpsampleConv
 from .sngan import SNGANDiscriminator, SNGANGenerator
@@ -37,16 +42,49 @@ _MODULES = _find_models()
 MODELS = tuple(_MODULES)
 #: ``{model: default discriminator steps per generator step}``
 N_DIS = {name: module.N_DIS for name, module in _MODULES.items()}
+SUPERNETS = {"alphagan": "paper", "alphagan-extended": "extended"}
+MODEL_CHOICES = MODELS + tuple(SUPERNETS) + ("alphagan:PATH.json",)
 SN_TYPES = (nn.Conv2d, nn.Linear, sparsekit.SparseConv2d, sparsekit.SparseLinear)
+
+
+def check(name: str) -> str:
+    """Raise ValueError (FileNotFoundError for a missing genotype file) unless ``name`` is a
+    model this module builds; a genotype file is read and validated."""
+    if not isinstance(name, str) or not (name in _MODULES or name in SUPERNETS
+                                         or name.startswith("alphagan:")):
+        raise ValueError(f"model must be one of {', '.join(MODEL_CHOICES)}, got {name!r}")
+    if name.startswith("alphagan:"):
+        genotype.load(name.partition(":")[2])
+    return name
+
+
+def is_supernet(name: str) -> bool:
+    return name in SUPERNETS
+
+
+def default_n_dis(name: str) -> int:
+    """D steps per G step: the pair's ``N_DIS``; AlphaGAN's generators take the SNGAN D's."""
+    return N_DIS.get(name, N_DIS["sngan"])
+
+
+def weight_parameters(model):
+    """``model``'s parameters except its architecture weights α (``arch_parameters()``, if it
+    has them): what the weight optimizer steps."""
+    arch = {id(p) for p in getattr(model, "arch_parameters", list)()}
+    return [p for p in model.parameters() if id(p) not in arch]
 
 
 def build(name: str, width: float = 1.0, z_dim: int = 128):
     """``(G, D)`` of model ``name`` at channel-width multiplier ``width``."""
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
-    if name not in _MODULES:
-        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
-    return _MODULES[name].build_pair(width, z_dim)
+    if name in _MODULES:
+        return _MODULES[name].build_pair(width, z_dim)
+    check(name)
+    if is_supernet(name):
+        return AlphaGANGenerator.supernet(SUPERNETS[name], z_dim, width), SNGANDiscriminator(width)
+    found = genotype.load(name.partition(":")[2])
+    return AlphaGANGenerator.from_genotype(found, z_dim, width), SNGANDiscriminator(width)
 
 
 def add_spectral_norm(D: nn.Module) -> nn.Module:
@@ -58,5 +96,7 @@ def add_spectral_norm(D: nn.Module) -> nn.Module:
     return D
 
 
-__all__ = ["MODELS", "N_DIS", "SN_TYPES", "add_spectral_norm", "build", "UpsampleConv",
-           "SNGANGenerator", "SNGANDiscriminator", "DCGANGenerator", "DCGANDiscriminator"]
+__all__ = ["MODELS", "MODEL_CHOICES", "N_DIS", "SN_TYPES", "SUPERNETS", "add_spectral_norm",
+           "build", "check", "default_n_dis", "is_supernet", "weight_parameters", "UpsampleConv",
+           "SNGANGenerator", "SNGANDiscriminator", "DCGANGenerator", "DCGANDiscriminator",
+           "AlphaGANGenerator", "genotype"]

@@ -8,6 +8,7 @@ masks must zero. Layers are chosen as ``sparsify`` chooses them (``sparsekit.nn.
 
 from __future__ import annotations
 
+import glob
 from typing import NamedTuple
 
 import torch
@@ -72,7 +73,10 @@ def make_sparse(model: nn.Module, modules: dict, block) -> list[ManagedLayer]:
             raise ValueError(f"block {tuple(block)} differs from the block {m.layout.block} of the "
                              f"already sparse layer {name!r}")
     if dense:
-        sparsify(model, density={n: 1.0 for n in dense}, block=tuple(block))
+        # include: the caller chose these layers; sparsify is not to warn about the model's others
+        # (a depthwise or transposed conv the engine does not manage stays dense by design).
+        sparsify(model, density={n: 1.0 for n in dense}, block=tuple(block),
+                 include=[glob.escape(n) for n in dense])
     return [ManagedLayer(n, model.get_submodule(n)) for n in modules]
 
 
