@@ -175,6 +175,8 @@ def test_method_and_model_go_together():
     cfg, out, _ = parse(["--method", "alphagan-search"])  # the CLI defaults of the search
     assert (cfg.model, cfg.width, cfg.batch_size, cfg.steps, cfg.resolved_n_dis()) == ("alphagan", 0.125, 16, 120, 5)
     assert out.endswith("alphagan-search-alphagan-s0")
+    with pytest.raises(ValueError, match="does not apply to --method alphagan-search"):
+        Config(method="alphagan-search", model="alphagan", teacher="t.pt").validate()
 
 
 # ---------------------------------------------------------------- the search's two kinds of step
