@@ -12,13 +12,12 @@ sparsekit's Triton backend, and restores the previous settings afterwards.
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import torch
 import torch.nn.functional as F
 
 import sparsekit
-from sparsekit import BlockLayout
+from sparsekit import BlockLayout, backends
 
 from .shapes import LayerCase
 
@@ -42,26 +41,24 @@ def ieee_fp32(dtype):
 
     For ``torch.float32``: ``torch.backends.cuda.matmul.allow_tf32`` and
     ``torch.backends.cudnn.allow_tf32`` are False (the dense cuBLAS / cuDNN baseline) and so is
-    sparsekit's Triton ``allow_tf32`` where that backend is loaded; all three are restored on
+    sparsekit's Triton backend's ``allow_tf32``; all three are restored on
     exit. Other dtypes are left alone (TF32 does not apply to bf16). Yields the value to record
     as ``extra_info["tf32"]``: False for float32, None where TF32 does not apply.
     """
     if dtype != torch.float32:
         yield None
         return
-    triton_backend = sys.modules.get("sparsekit.backends.triton")
+    triton_backend = backends.declared()["triton"]  # its declaration: nothing is loaded
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             getattr(triton_backend, "allow_tf32", None))
+             triton_backend.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    if triton_backend is not None:
-        triton_backend.allow_tf32 = False
+    triton_backend.allow_tf32 = False
     try:
         yield False
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
-        if triton_backend is not None:
-            triton_backend.allow_tf32 = saved[2]
+        triton_backend.allow_tf32 = saved[2]
 
 
 def make_inputs(case: LayerCase, batch, density, block, device, dtype, seed=0, mask_weight=True):

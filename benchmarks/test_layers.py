@@ -43,7 +43,7 @@ def _params():
     out = []
     # device, dtype, batch, cases, impls, quick passes, quick densities, quick blocks
     # sparse:auto is what a user gets: the kernels, or dense torch where they would be slower
-    # (cpu.auto_declines); quick for 32×32 blocks only.
+    # (the cpu backend's auto_declines); quick for 32×32 blocks only.
     devices = [("cpu", torch.float32, CPU_BATCH, CPU_CASES, ["sparse:cpu", "sparse:auto"],
                 ("fwd", "fwd+bwd"), DENSITIES, BLOCKS)]
     if torch.cuda.is_available():

@@ -13,32 +13,47 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sparsekit import BACKENDS
 from sparsekit.dst.presets import PRESETS, IMPPreset
 
+from . import models
+from .data import specs as data_specs
 from .losses import LOSSES
 from .metrics.suite import METRICS, canonical_metrics
-from .models import MODELS
+from .models import MODELS, N_DIS
 
-METHODS = ("dense",) + tuple(sorted(PRESETS))
+# No DST engine: dgl = a dense student with --teacher; alphagan-search trains a supernet dense.
+DENSE_METHODS = ("dense", "dgl", "alphagan-search")
+METHODS = DENSE_METHODS + tuple(sorted(PRESETS))
+TEACHER_TERMS = ("logit", "g-loss")
+# Flags whose default a method changes (the CLI's defaults; a Config built in code is explicit).
+# alphagan-search: the supernet, at a width and length that search in ~10 min on 2 CPU cores.
+METHOD_DEFAULTS = {"alphagan-search": dict(model="alphagan", width=0.125, batch_size=16, steps=120)}
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def _h(text, **kw):
-    return field(metadata={"help": text}, **kw)
+def _h(text, shown=None, **kw):
+    """A field with its ``--help`` text; ``shown``: what the help calls a default of None."""
+    return field(metadata={"help": text, "shown": shown or "preset"}, **kw)
 
 
 @dataclass
 class Config:
-    method: str = _h("dense, or a sparse-training preset of sparsekit.dst (static, set, rigl, "
-                     "stu-gan, sdst, ddst, ddst-strict, lottery)", default="stu-gan")
-    model: str = _h(f"architecture pair: {', '.join(MODELS)}", default="dcgan")
+    method: str = _h("dense, dgl (a dense student distilled from --teacher), a "
+                     f"sparse-training preset of sparsekit.dst ({', '.join(PRESETS)}), or "
+                     "alphagan-search (AlphaGAN's architecture search of G; defaults then: "
+                     "--model alphagan --width 0.125 --batch-size 16 --steps 120)",
+                     default="stu-gan")
+    model: str = _h(f"architecture pair: {', '.join(MODELS)}; or alphagan, "
+                    "alphagan-extended (the search supernets, for --method alphagan-search "
+                    "only) or alphagan:PATH.json (the generator of a genotype file, with the "
+                    "SNGAN D)", default="dcgan")
     width: float = _h("channel-width multiplier of both networks", default=0.5)
-    data: str = _h("'digits' (embedded), 'cifar10:/path' (python pickle batches) or 'folder:/path'",
-                   default="digits")
+    data: str = _h(f"dataset: {data_specs()} (gan/data.py says what each is)", default="digits")
     steps: int = _h("total generator iterations", default=800)
     batch_size: int = _h("images per batch (real and fake)", default=64)
-    n_dis: Optional[int] = _h("discriminator steps per generator step (default: 5 for sngan, 1 for "
-                              "dcgan)", default=None)
+    n_dis: Optional[int] = _h("discriminator steps per generator step (default: " + ", ".join(
+        f"{n} for {m}" for m, n in N_DIS.items()) + ")", default=None)
     loss: str = _h(f"GAN loss: {', '.join(LOSSES)}", default="hinge")
     lr_g: float = _h("generator Adam learning rate", default=2e-4)
     lr_d: float = _h("discriminator Adam learning rate", default=2e-4)
@@ -61,7 +76,17 @@ class Config:
     prune_fraction: Optional[float] = _h("initial prune fraction p0 of each mask update", default=None)
     paper_exact: bool = _h("keep the papers' periods (ΔT, DDST period, BR window) instead of "
                            "scaling them by steps/100k (floor 10)", default=False)
-    backend: str = _h("sparsekit backend: auto, reference, cpu, triton, cuda", default="auto")
+    teacher: Optional[str] = _h("DGL-GAN: a gan.train checkpoint.pt whose discriminator, frozen, "
+                                "adds a term to G's loss after --stage1-steps (any --method)",
+                                shown="none", default=None)
+    teacher_weight: float = _h("DGL-GAN: λ, the teacher term's weight in G's loss", default=0.1)
+    stage1_steps: Optional[int] = _h("DGL-GAN: generator iterations trained without the teacher "
+                                     "term before it is added", shown="half of --steps",
+                                     default=None)
+    teacher_term: str = _h("DGL-GAN: the teacher term, 'logit' (-mean D_t(G(z)), PAPERS.md) or "
+                           "'g-loss' (the --loss generator term on D_t's logits; the same for "
+                           "hinge)", default="logit")
+    backend: str = _h(f"sparsekit backend: auto, {', '.join(BACKENDS)}", default="auto")
     precision: str = _h("fp32 (IEEE), tf32 (CUDA matmul/conv and the Triton layers in TF32) or "
                         "bf16 (autocast; fp32 master weights and Adam state; sparse layers in "
                         "bf16 on CUDA, on the fp32 kernels on CPU)", default="fp32")
@@ -82,6 +107,15 @@ class Config:
                                    default=None)
     log_every: int = _h("log losses every N iterations", default=10)
     tensorboard: bool = _h("also write TensorBoard logs (needs the tensorboard package)", default=False)
+    search_inner: int = _h("alphagan-search: weight steps (D steps; G steps after every "
+                           "n_dis-th) before each architecture round; a multiple of n_dis",
+                           default=20)
+    search_worst: int = _h("alphagan-search: Adam steps that improve the copies D' and G' "
+                           "(worst cases of the duality gap) in each round", default=20)
+    search_outer: int = _h("alphagan-search: Adam steps of the architecture weights α on the "
+                           "duality gap in each round", default=20)
+    lr_arch: float = _h("alphagan-search: learning rate of α's Adam (betas (0.5, 0.999), weight "
+                        "decay 1e-3)", default=3e-4)
     rounds: int = _h("lottery: IMP rounds after the dense round (default: the paper's 10)",
                      default=IMPPreset.rounds)
     prune_rate: float = _h("lottery: share of the remaining weights pruned per round (the "
@@ -103,7 +137,7 @@ class Config:
         return (bn, bk)
 
     def resolved_n_dis(self):
-        return self.n_dis if self.n_dis is not None else (5 if self.model == "sngan" else 1)
+        return self.n_dis if self.n_dis is not None else models.default_n_dis(self.model)
 
     def period(self, value, fraction):
         return value if value is not None else max(1, self.steps // fraction)
@@ -113,9 +147,10 @@ class Config:
 
     def validate(self):
         """Raise ValueError naming the flag for any bad value."""
-        choices = dict(method=METHODS, model=MODELS, loss=LOSSES, precision=PRECISIONS,
+        choices = dict(method=METHODS, loss=LOSSES, precision=PRECISIONS,
+                       teacher_term=TEACHER_TERMS,
                        lr_decay=("linear", "none"), device=("cpu", "cuda"),
-                       backend=("auto", "reference", "cpu", "triton", "cuda"))
+                       backend=("auto",) + BACKENDS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -151,12 +186,57 @@ class Config:
                              f"{self.rewind_step}")
         if self.rounds < 1 or self.rewind_step < 0:
             raise ValueError("--rounds must be >= 1 and --rewind-step >= 0")
+        self._validate_teacher()
+        self._validate_model_and_search()
         try:
             canonical_metrics(self.metric_names(), self.data)
         except ValueError as e:
             raise ValueError(f"--metrics: {e}") from None
         self.block_shape()
         return self
+
+    def _validate_teacher(self):
+        if self.method == "dgl" and not self.teacher:
+            raise ValueError("--method dgl (a dense student distilled from a teacher "
+                             "discriminator) needs --teacher CKPT")
+        if not self.teacher:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            given = [name for name in ("teacher_weight", "stage1_steps", "teacher_term")
+                     if getattr(self, name) != defaults[name]]
+            if given:
+                raise ValueError(f"--{given[0].replace('_', '-')} needs --teacher CKPT")
+            return
+        if not 0.0 <= self.teacher_weight < float("inf"):
+            raise ValueError(f"--teacher-weight must be a finite number >= 0, got "
+                             f"{self.teacher_weight}")
+        if self.stage1_steps is not None and not 0 <= self.stage1_steps < self.steps:
+            raise ValueError(f"--stage1-steps must be in [0, --steps) = [0, {self.steps}) or the "
+                             f"teacher is never used, got {self.stage1_steps}")
+
+    def resolved_stage1_steps(self):
+        return self.stage1_steps if self.stage1_steps is not None else self.steps // 2
+
+    def _validate_model_and_search(self):
+        try:
+            models.check(self.model)
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"--model: {e}") from None
+        searching = self.method == "alphagan-search"
+        if searching and self.teacher:
+            raise ValueError("--teacher distils into a generator being trained; it does not apply "
+                             "to --method alphagan-search (search, then train the genotype with it)")
+        if searching != models.is_supernet(self.model):
+            raise ValueError(f"--method alphagan-search searches a supernet (--model "
+                             f"{' or '.join(models.SUPERNETS)}) and a supernet is only searched; got "
+                             f"--method {self.method} --model {self.model}")
+        for name in ("search_inner", "search_worst", "search_outer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if searching and self.search_inner % self.resolved_n_dis():
+            raise ValueError(f"--search-inner must be a multiple of n_dis ({self.resolved_n_dis()}): "
+                             f"a round is whole generator iterations; got {self.search_inner}")
+        if self.lr_arch <= 0:
+            raise ValueError(f"--lr-arch must be > 0, got {self.lr_arch}")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -173,14 +253,16 @@ def add_arguments(parser: argparse.ArgumentParser):
             continue
         kind = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(
             f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""), str)
-        shown = "preset" if default is None else default
+        shown = f.metadata["shown"] if default is None else default
         parser.add_argument(flag, type=kind, default=None,
                             help=f"{f.metadata['help']} (default: {shown})")
 
 
 def from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    """A Config from parsed flags over ``base`` (defaults when None)."""
-    cfg = dataclasses.replace(base) if base is not None else Config()
+    """A Config from parsed flags over ``base`` (when None: the defaults, with METHOD_DEFAULTS of
+    the ``--method`` given)."""
+    cfg = (dataclasses.replace(base) if base is not None
+           else Config(**METHOD_DEFAULTS.get(getattr(args, "method", None), {})))
     for f in dataclasses.fields(Config):
         value = getattr(args, f.name, None)
         if value is not None:

@@ -1,6 +1,7 @@
 """Datasets as in-memory float tensors ``[N, 3, 32, 32]`` in [-1, 1] with integer labels ``[N]``.
 
-Specs (``--data``):
+A dataset is one loader function registered with ``@dataset(name, takes_path)``; ``--data``
+names it (``name``, or ``name:/path`` for a loader that takes a path). Specs (``--data``):
 - ``digits`` (default): scikit-learn's 1,797 handwritten 8×8 digits (ships with the install),
   bilinearly resized to 32×32 and repeated to 3 channels; 10 known classes make quality
   measurable offline (classifier-feature Fréchet distance and class coverage).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +41,34 @@ def _to_rgb32(images_01: torch.Tensor) -> torch.Tensor:
     return (images_01.clamp(0, 1) * 2 - 1).contiguous()
 
 
+class Dataset(NamedTuple):
+    loader: Callable[..., ImageData]
+    takes_path: bool
+
+    def spec(self, name):
+        return f"{name}:/path" if self.takes_path else name
+
+
+#: ``{name: Dataset}`` of every registered loader (``--data``'s choices)
+DATASETS: dict[str, Dataset] = {}
+
+
+def dataset(name: str, takes_path: bool = False):
+    """Register the decorated loader as ``--data name`` (``name:/path`` if it ``takes_path``:
+    the loader is then called with the path)."""
+    def register(loader):
+        DATASETS[name] = Dataset(loader, takes_path)
+        return loader
+    return register
+
+
+def specs() -> str:
+    """The ``--data`` forms, for help texts and errors: "'digits', 'cifar10:/path' or ..."."""
+    forms = [repr(d.spec(name)) for name, d in DATASETS.items()]
+    return ", ".join(forms[:-1]) + f" or {forms[-1]}" if len(forms) > 1 else forms[0]
+
+
+@dataset("digits")
 def load_digits() -> ImageData:
     from sklearn.datasets import load_digits as sk_digits
 
@@ -47,6 +77,7 @@ def load_digits() -> ImageData:
     return ImageData(_to_rgb32(images), torch.from_numpy(d.target.astype(np.int64)), 10, "digits")
 
 
+@dataset("cifar10", takes_path=True)
 def load_cifar10(root: str) -> ImageData:
     files = [os.path.join(root, f"data_batch_{i}") for i in range(1, 6)]
     missing = [f for f in files if not os.path.isfile(f)]
@@ -69,6 +100,7 @@ def load_cifar10(root: str) -> ImageData:
     return ImageData(_to_rgb32(images), torch.from_numpy(np.concatenate(ys)), 10, "cifar10")
 
 
+@dataset("folder", takes_path=True)
 def load_folder(root: str) -> ImageData:
     from PIL import Image
 
@@ -90,12 +122,9 @@ def load_folder(root: str) -> ImageData:
 
 def load(spec: str) -> ImageData:
     """Load a dataset from its ``--data`` spec (see the module docstring)."""
-    if spec == "digits":
-        return load_digits()
-    kind, sep, path = spec.partition(":")
-    if kind == "cifar10" and sep:
-        return load_cifar10(path)
-    if kind == "folder" and sep:
-        return load_folder(path)
-    raise ValueError(f"--data must be 'digits', 'cifar10:/path' or 'folder:/path', got {spec!r}")
+    name, sep, path = spec.partition(":")
+    if name not in DATASETS or DATASETS[name].takes_path != bool(sep):
+        raise ValueError(f"--data must be {specs()}, got {spec!r}")
+    loader = DATASETS[name].loader
+    return loader(path) if sep else loader()
 

@@ -22,8 +22,8 @@ from .images import save_grid
 from .metrics import evaluate
 from .trainer import Trainer
 
-LOG_FIELDS = ["iteration", "d_loss", "g_loss", "br", "br_window", "density_G", "density_D",
-              "exploration_G", "mask_change_G", "lr_scale", "sec_per_iter"]
+LOG_FIELDS = ["iteration", "d_loss", "g_loss", "teacher_term", "br", "br_window", "density_G",
+              "density_D", "exploration_G", "mask_change_G", "lr_scale", "sec_per_iter"]
 
 
 def finite(x):
@@ -74,12 +74,14 @@ class RunLog:
 
 
 def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, data=None,
-        state=None, dist=SINGLE):
+        state=None, teacher=None, trainer_cls=Trainer, dist=SINGLE):
     """Train (or continue) the run in ``out``; returns ``(summary dict, trainer)``.
 
     ``resume`` continues from ``out``'s checkpoint — ``state`` when the caller has already loaded
-    it (``gan.train`` validates it before training), else read here. ``setup(trainer)`` runs once
+    it (``gan.train`` validates it before training), else read here; ``teacher``, the loaded
+    ``--teacher`` (gan.teacher), likewise. ``setup(trainer)`` runs once
     before training (e.g. to install a lottery ticket); ``on_step(trainer)`` after every
+    iteration. ``trainer_cls``: a Trainer subclass (the AlphaGAN search's).
     iteration. ``dist`` (``gan.distributed``): this process's rank; only rank 0 touches ``out``
     (its summary alone carries metrics) — see ``gan.distributed``.
     """
@@ -87,7 +89,7 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
     if main:
         os.makedirs(out, exist_ok=True)
     data = data if data is not None else load_data(cfg.data)
-    trainer = Trainer(cfg, data, dist)
+    trainer = trainer_cls(cfg, data, teacher=teacher, dist=dist)
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if resume:
         trainer.load_state_dict(state if state is not None else checkpoint.load(ckpt_path))
@@ -149,6 +151,8 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
         "br_band": list(trainer.br_band),
         "br_in_band": trainer.br_in_band / trainer.br_counted if trainer.br_counted else None,
     }
+    if trainer.distill is not None:
+        summary["distillation"] = trainer.distill.summary(trainer.G, trainer.D)
     if main:
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -24,7 +24,7 @@ from .distributed import SINGLE
 from .loop import run
 
 
-def run_lottery(cfg, out, data=None, dist=SINGLE):
+def run_lottery(cfg, out, data=None, teacher=None, dist=SINGLE):
     data = data if data is not None else load_data(cfg.data)
     rounds, ticket, rewind = [], None, {}
 
@@ -49,7 +49,8 @@ def run_lottery(cfg, out, data=None, dist=SINGLE):
 
     for k in range(cfg.rounds + 1):
         summary, trainer = run(cfg, os.path.join(out, f"round_{k}"), setup=install,
-                               on_step=capture if k == 0 else None, data=data, dist=dist)
+                               on_step=capture if k == 0 else None, data=data, teacher=teacher,
+                               dist=dist)
         rounds.append({"round": k, "density_G": summary["densities"]["G"], "metrics": summary["metrics"],
                        "sec_per_iter": summary["sec_per_iter"]})
         if k == cfg.rounds:

@@ -29,6 +29,8 @@ import statistics
 import sys
 import time
 
+from .config import DENSE_METHODS
+
 DEFAULT_METHODS = "dense,static,stu-gan,sdst,ddst"
 
 
@@ -36,7 +38,7 @@ def _cell_args(method, seed, args):
     """gan.train's argv for one cell; ``method`` may end in ``@<block>`` (e.g. stu-gan@1x1)."""
     name, _, block = method.partition("@")
     argv = ["--method", name, "--seed", str(seed)] + shlex.split(args.train_args)
-    if name != "dense":
+    if name not in DENSE_METHODS:
         argv += ["--g-density", str(args.g_density), "--d-density", str(args.d_density),
                  "--sparse-layers", args.sparse_layers]
     if block:

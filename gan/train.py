@@ -11,6 +11,9 @@ embedded digits, on CPU, in a few minutes. The run directory (``--out``, default
     checkpoint.pt    everything needed to continue bit-identically (written atomically)
     summary.json     method, seed, steps, wall time, time per iteration, densities, metrics
 
+``--method alphagan-search`` also writes ``search.csv`` and ``genotype.json`` (gan.search).
+``--teacher CKPT`` adds DGL-GAN's frozen teacher discriminator to G's loss (see gan.teacher).
+
 ``--resume DIR`` continues DIR's run with its saved configuration; only ``--steps`` may change
 (and the launch: the number of processes and the multi-process flags).
 
@@ -27,12 +30,22 @@ import os
 import sys
 
 from . import checkpoint, distributed
+from . import teacher as distill
 from .config import Config, add_arguments, from_args, given_flags, load_json
 from .data import load as load_data
 from .lottery import run_lottery
 from .loop import run
+from .search import run_search
 
 __all__ = ["main", "parse", "preflight", "run"]
+
+
+def _model_tag(model):
+    """The model's name for a directory: ``alphagan:PATH/x.json`` → ``alphagan-x``."""
+    if model.startswith("alphagan:"):
+        return "alphagan-" + os.path.splitext(os.path.basename(model.partition(":")[2]))[0]
+    return model
+
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(
@@ -57,15 +70,16 @@ def parse(argv=None):
         cfg = from_args(args).validate()
     except ValueError as e:
         parser.error(str(e))
-    out = args.out or os.path.join("runs", f"{cfg.method}-{cfg.model}-s{cfg.seed}")
+    out = args.out or os.path.join("runs", f"{cfg.method}-{_model_tag(cfg.model)}-s{cfg.seed}")
     return cfg, out, False
 
 
 def preflight(cfg: Config, out: str, resume: bool):
-    """Check what a user can get wrong before any training: the data, the checkpoint to resume
-    and the InceptionV3 weights file. Raises FileNotFoundError, ValueError or CheckpointError
-    with a message naming the flag; returns the loaded data and checkpoint (None unless
-    resuming), for ``run`` to use rather than read again."""
+    """Check what a user can get wrong before any training: the data, the checkpoint to resume,
+    the InceptionV3 weights file and the teacher. Raises FileNotFoundError, ValueError or
+    CheckpointError with a message naming the flag; returns the loaded data, checkpoint (None
+    unless resuming) and teacher (None without --teacher), for ``run`` to use rather than read
+    again."""
     data = load_data(cfg.data)
     if set(cfg.metric_names()) & {"fid", "is"} and not (
             cfg.inception_weights and os.path.isfile(cfg.inception_weights)):
@@ -74,24 +88,30 @@ def preflight(cfg: Config, out: str, resume: bool):
     if resume:
         if cfg.method == "lottery":
             raise ValueError("--resume is not supported for --method lottery (rerun the rounds)")
-        return data, checkpoint.load(os.path.join(out, "checkpoint.pt"))
-    return data, None
+        state = checkpoint.load(os.path.join(out, "checkpoint.pt"))
+        return data, state, distill.preflight(cfg, data, out, state)
+    return data, None, distill.preflight(cfg, data, out, None)
 
 
 def main(argv=None):
     cfg, out, resume = parse(argv)
     try:
         dist = distributed.from_launch(distributed.launch_options(argv), cfg)
-        data, state = preflight(cfg, out, resume)
+        if cfg.method == "alphagan-search" and dist.world_size > 1:
+            raise ValueError("--method alphagan-search runs in one process (its architecture "
+                             "rounds are not data-parallel); launch it without torchrun")
+        data, state, teacher = preflight(cfg, out, resume)
     except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
         # A user error: one line and exit 2, as argparse does for a bad value.
         print(f"python -m gan.train: error: {e}", file=sys.stderr)
         return 2
     with distributed.process_group(dist):
         if cfg.method == "lottery":
-            summary = run_lottery(cfg, out, data=data, dist=dist)
+            summary = run_lottery(cfg, out, data=data, teacher=teacher, dist=dist)
+        elif cfg.method == "alphagan-search":
+            summary = run_search(cfg, out, resume, data=data, state=state)
         else:
-            summary, _ = run(cfg, out, resume, data=data, state=state, dist=dist)
+            summary, _ = run(cfg, out, resume, data=data, state=state, teacher=teacher, dist=dist)
     if dist.is_main:
         print(json.dumps(summary, indent=2))
     return 0

@@ -15,21 +15,18 @@ import copy
 import time
 
 import torch
-from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 import sparsekit
 from sparsekit.dst import BalanceRatio, DDSTController, DynamicSparsity
-from sparsekit.dst.presets import DDSTPreset, get_preset
+from sparsekit.dst.presets import PRESETS, DDSTPreset, get_preset
 
 from . import losses
 from .config import Config
 from .data import ImageData
 from .distributed import SINGLE, Distributed
 from .loader import InfiniteBatches
-from .models import build
-
-SN_TYPES = (nn.Conv2d, nn.Linear, sparsekit.SparseConv2d, sparsekit.SparseLinear)
+from .models import SN_TYPES, add_spectral_norm, build, weight_parameters
+from .teacher import Teacher, distillation
 
 
 def _set_precision(cfg: Config):
@@ -47,9 +44,15 @@ def _set_precision(cfg: Config):
 
 
 class Trainer:
-    """Owns the models, optimizers, engines, EMA, data stream and noise of one run."""
+    """Owns the models, optimizers, engines, EMA, data stream and noise of one run.
 
-    def __init__(self, cfg: Config, data: ImageData, dist: Distributed = SINGLE):
+    ``teacher``: the run's DGL-GAN teacher already loaded (gan.train's preflight), else it is
+    loaded from ``cfg.teacher``; ``load_teacher=False`` skips that for a trainer that only samples
+    (gan.restore).
+    """
+
+    def __init__(self, cfg: Config, data: ImageData, teacher: Teacher | None = None,
+                 load_teacher: bool = True, dist: Distributed = SINGLE):
         cfg.validate()
         _set_precision(cfg)
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -62,12 +65,12 @@ class Trainer:
         G, D = build(cfg.model, cfg.width)
         self.G, self.D = G.to(self.device), D.to(self.device)
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_G = torch.optim.Adam(weight_parameters(self.G), lr=cfg.lr_g, betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.engine_G = self.engine_D = self.controller = None
         self.preset = None
         br_every, br_window = 10, 100
-        if cfg.method != "dense":
+        if cfg.method in PRESETS:  # a sparse-training method; the others train dense
             self.preset = get_preset(cfg.method)
             if not cfg.paper_exact:
                 self.preset = self.preset.scaled(cfg.steps)
@@ -77,9 +80,7 @@ class Trainer:
             if self.preset.ddst is not None and self.engine_D is not None:
                 self.controller = DDSTController(self.engine_D, **self.preset.ddst.controller_kwargs(),
                                                  window=br_window)
-        for m in list(self.D.modules()):
-            if isinstance(m, SN_TYPES):
-                spectral_norm(m)
+        add_spectral_norm(self.D)
         self.ema = None
         if cfg.ema > 0:
             self.ema = copy.deepcopy(self.G).eval()
@@ -94,6 +95,7 @@ class Trainer:
         ddst = self.preset.ddst if self.preset is not None and self.preset.ddst is not None else DDSTPreset()
         self.br_band = (ddst.lower, ddst.upper)
         self.br_in_band = self.br_counted = 0
+        self.distill = distillation(cfg, data, self.device, teacher, load_teacher)
         # The forward passes whose gradients are averaged over ranks (the modules themselves in
         # one process); G's step runs D itself, whose weights need no gradient there.
         self.ddp_G, self.ddp_D = dist.wrap(self.G), dist.wrap(self.D)
@@ -156,9 +158,13 @@ class Trainer:
                 self.engine_D.step(it)
         z = self._z(cfg.batch_size)
         self.D.requires_grad_(False)  # G's step needs D's dX only: skip D's (discarded) dW
+        teacher_term = None
         with self._autocast():
-            fake_logits = self.D(self.ddp_G(z)).float()
+            fake = self.ddp_G(z)
+            fake_logits = self.D(fake).float()
             g_loss = losses.g_loss(cfg.loss, fake_logits)
+            if self.distill is not None:
+                g_loss, teacher_term = self.distill.generator_loss(g_loss, fake, it)
         self.opt_G.zero_grad(set_to_none=True)
         g_loss.backward()
         self.D.requires_grad_(True)
@@ -180,6 +186,7 @@ class Trainer:
         self.train_seconds += time.perf_counter() - start
         row = {"iteration": it, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
                "br": br if br is not None else float("nan"),
+               "teacher_term": teacher_term.item() if teacher_term is not None else float("nan"),
                "br_window": self.balance.value if len(self.balance) else float("nan")}
         row.update(self.densities())
         return row
@@ -248,6 +255,7 @@ class Trainer:
             "engine_D": self.engine_D.state_dict() if self.engine_D is not None else None,
             "balance": self.balance.state_dict(),
             "br_band_counts": [self.br_in_band, self.br_counted],
+            "teacher": self.distill.state_dict(self.iteration) if self.distill is not None else None,
             "batches": self.batches.state_dict(),
             "rng": {"noise": self.noise.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -265,6 +273,8 @@ class Trainer:
         for engine, key in ((self.engine_G, "engine_G"), (self.engine_D, "engine_D")):
             if engine is not None:
                 engine.load_state_dict(state[key])
+        if self.distill is not None:
+            self.distill.load_state_dict(state.get("teacher"))
         if self.controller is None:  # with DDST the balance window is the controller's state
             self.balance.load_state_dict(state["balance"])
         self.br_in_band, self.br_counted = state.get("br_band_counts", (0, 0))  # older checkpoints

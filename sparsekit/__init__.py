@@ -5,7 +5,8 @@
     model = sparsekit.sparsify(model, density=0.2, block=(32, 32), exclude=["head"])
 
 See ``sparsekit.ops`` for the functional API and dispatch, ``sparsekit.layout`` for the block
-layout, and ``python -m sparsekit.info`` for what this machine can run.
+layout, ``sparsekit.BACKENDS`` for the backends (``sparsekit.backends``: one module each), and
+``python -m sparsekit.info`` for what this machine can run.
 """
 
 import torch  # noqa: F401  (loads torch's libgomp before our extension links against it)
@@ -18,15 +19,21 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    """``sparsekit.dst`` (the DST engine) is imported on first use, not with the kernels."""
+    """``sparsekit.dst`` (the DST engine) is imported on first use, not with the kernels;
+    ``sparsekit.BACKENDS`` (every backend's name, ``backends.names()``) is found on first use."""
     if name == "dst":
         import importlib
 
         return importlib.import_module(f"{__name__}.dst")
+    if name == "BACKENDS":
+        from .backends import names
+
+        return names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
+    "BACKENDS",
     "BlockLayout",
     "dst",
     "SparseConv2d",

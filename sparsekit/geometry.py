@@ -1,4 +1,4 @@
-"""Shapes, conv geometry and output allocation shared by every backend and by the fake kernels.
+"""Shapes and conv geometry shared by every backend and by the fake kernels.
 
 Conventions (DESIGN.md §1):
 - A linear weight is ``[N, K]``; a conv weight is ``[C_out, C_in, kh, kw]`` in channels_last
@@ -68,19 +68,6 @@ def weight_matrix_dims(weight_shape):
         c_out, c_in, kh, kw = weight_shape
         return c_out, c_in, kh * kw
     raise ValueError(f"weight must be 2-D (linear) or 4-D (conv), got shape {tuple(weight_shape)}")
-
-
-def empty_conv_output(x, weight, geom: ConvGeometry):
-    """Uninitialised forward output ``[B, C_out, H_out, W_out]`` in channels_last."""
-    h_out, w_out = geom.output_hw(x.shape[2:], weight.shape[2:])
-    return torch.empty((x.shape[0], weight.shape[0], h_out, w_out), dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last)
-
-
-def empty_conv_input_grad(dy, weight, input_hw):
-    """Uninitialised dX ``[B, C_in, H, W]`` (input resolution, before upsampling), channels_last."""
-    return torch.empty((dy.shape[0], weight.shape[1], *input_hw), dtype=dy.dtype, device=dy.device,
-                       memory_format=torch.channels_last)
 
 
 def zeros_weight_grad(weight):

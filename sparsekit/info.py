@@ -61,10 +61,13 @@ def collect() -> dict:
 
         count, err = _C_cuda.device_count()
         info["cuda_extension"] = f"built; runtime sees {count} device(s)" + (f" ({err})" if err else "")
+        availability("cuda")  # applies SPARSEKIT_CUDA_MMA
+        info["cuda_bf16_fp16_kernels"] = ("tensor cores (mma.sync)" if _C_cuda.tensor_cores()
+                                          else "FFMA (SPARSEKIT_CUDA_MMA=0)")
     except ImportError:
         info["cuda_extension"] = "not built"
-    for name in backends.NAMES:
-        ok, reason = backends.availability(name)
+    for name in backends.names():
+        ok, reason = availability(name)
         info["backends"][name] = "available" if ok else f"unavailable: {reason}"
     return info
 
@@ -84,7 +87,8 @@ def main():
         print("fallbacks to reference taken in this process:")
         for reason, op in taken.items():
             print(f"  {op}: {reason}")
-    print("auto dispatch: CPU tensors -> cpu; CUDA tensors -> first of (else reference, announced once):")
+    print(f"auto dispatch: CPU tensors -> {'>'.join(backends.serving('cpu'))}; CUDA tensors -> "
+          f"first of (else {backends.FALLBACK}, announced once):")
     for pass_, op in (("fwd", "conv2d_fwd"), ("dx", "conv2d_dx"), ("dw", "conv2d_dw")):
         orders = ", ".join(f"{routing.dtype_name(dt)} {'>'.join(routing.cuda_order(op, dt))}"
                            for dt in (torch.float32, torch.bfloat16, torch.float16))

@@ -27,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from . import checks
 from .geometry import weight_matrix_dims
 
 
@@ -35,12 +36,6 @@ def check_block(block):
             or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
         raise ValueError(f"block must be a pair of positive ints (BN, BK), got {block!r}")
     return int(block[0]), int(block[1])
-
-
-def check_density(density):
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 <= density <= 1.0:
-        raise ValueError(f"density must be a number in [0, 1], got {density!r}")
-    return float(density)
 
 
 def _as_block_matrix(tensor, weight_shape):
@@ -105,6 +100,7 @@ class BlockLayout(nn.Module):
         self.register_buffer("block_row", torch.zeros(self.capacity, **i32), persistent=False)
         self.register_buffer("col_ptr", torch.zeros(cols + 1, **i32), persistent=False)
         self.register_buffer("row_idx", torch.zeros(self.capacity, **i32), persistent=False)
+        self.register_buffer("_block_numel", self._count_block_numel(device), persistent=False)
         self.register_load_state_dict_post_hook(_rebuild_after_load)
         if bitmap is not None:
             self.update(bitmap)
@@ -112,11 +108,6 @@ class BlockLayout(nn.Module):
             self._rebuild()
 
     # ------------------------------------------------------------------ constructors
-    @classmethod
-    def from_bitmap(cls, weight_shape, block, bitmap):
-        """A layout from a bool block bitmap of shape ``grid``."""
-        return cls(weight_shape, block, bitmap=bitmap)
-
     @classmethod
     def from_mask(cls, mask, block):
         """A layout from an element mask of the weight's shape: a block is kept if any element is."""
@@ -127,27 +118,36 @@ class BlockLayout(nn.Module):
     @classmethod
     def from_weight(cls, weight, block, density):
         """Keep the blocks of largest mean |w| until ``density`` of the elements is reached."""
-        layout = cls(weight.shape, block, device=weight.device)
-        layout.update(layout.select(layout.reduce_blocks(weight.detach().abs().float(), "mean"),
-                                    density))
-        return layout
+        return cls(weight.shape, block, device=weight.device).keep_largest_(weight, density)
 
     @classmethod
     def random(cls, weight_shape, block, density, generator=None, device=None):
         """Uniformly random blocks up to ``density`` of the elements (``generator`` for seeding)."""
-        layout = cls(weight_shape, block, device=device)
-        scores = torch.rand(layout.grid, generator=generator,
-                            device=generator.device if generator is not None else device)
-        layout.update(layout.select(scores.to(layout.bitmap.device), density))
-        return layout
+        return cls(weight_shape, block, device=device).keep_random_(density, generator)
+
+    def keep_largest_(self, weight, density):
+        """Keep (in place) the blocks of ``weight`` with the largest mean |w|, up to ``density``."""
+        return self.update(self.select(self.reduce_blocks(weight.detach().abs().float(), "mean"),
+                                       density))
+
+    def keep_random_(self, density, generator=None):
+        """Keep (in place) uniformly random blocks up to ``density`` (``generator`` for seeding:
+        the scores are drawn on its device, else on the layout's)."""
+        scores = torch.rand(self.grid, generator=generator,
+                            device=generator.device if generator is not None else self.bitmap.device)
+        return self.update(self.select(scores.to(self.bitmap.device), density))
 
     # ------------------------------------------------------------------ block geometry
     def block_numel(self):
-        """int64 ``[R, C]``: elements in each block (edge and narrow blocks hold fewer)."""
+        """int64 ``[R, C]``: elements in each block (edge and narrow blocks hold fewer). The
+        layout's own buffer: callers must not modify it."""
+        return self._block_numel
+
+    def _count_block_numel(self, device):
         bn, bk = self.block
-        rows = torch.full((self.grid[0],), bn, dtype=torch.int64, device=self.bitmap.device)
+        rows = torch.full((self.grid[0],), bn, dtype=torch.int64, device=device)
         rows[-1] = self.n_out - bn * (self.grid[0] - 1)
-        cols = torch.full((self.blocks_per_tap,), bk, dtype=torch.int64, device=self.bitmap.device)
+        cols = torch.full((self.blocks_per_tap,), bk, dtype=torch.int64, device=device)
         cols[-1] = self.c_in - bk * (self.blocks_per_tap - 1)
         return rows[:, None] * cols.repeat(self.taps)[None, :]
 
@@ -175,7 +175,7 @@ class BlockLayout(nn.Module):
         Greedy in score order and never above the budget ``round(density · numel)``; with blocks
         of unequal size the shortfall is under one block.
         """
-        density = check_density(density)
+        density = checks.density(density)
         if tuple(scores.shape) != self.grid:
             raise ValueError(f"scores must have the block grid's shape {self.grid}, got {tuple(scores.shape)}")
         budget = round(density * self.numel)
@@ -185,9 +185,10 @@ class BlockLayout(nn.Module):
         bitmap[order] = kept_sorted
         return bitmap.reshape(self.grid)
 
-    def element_mask(self):
-        """Bool mask of the weight's shape: True inside kept blocks."""
-        return element_mask(self.bitmap, self.weight_shape, self.block)
+    def element_mask(self, bitmap=None):
+        """Bool mask of the weight's shape: True inside the blocks ``bitmap`` (bool ``[R, C]``,
+        default the layout's own) keeps."""
+        return element_mask(self.bitmap if bitmap is None else bitmap, self.weight_shape, self.block)
 
     def pruned_mask(self):
         """Bool mask of the weight's shape, True outside kept blocks (what masking zeroes).

@@ -29,7 +29,8 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 _HookSpectralNorm = sys.modules["torch.nn.utils.spectral_norm"].SpectralNorm
 
 from .geometry import make_geometry
-from .layout import BlockLayout, check_block, check_density
+from . import checks
+from .layout import BlockLayout, check_block
 from .ops import block_sparse_conv2d, block_sparse_linear
 
 
@@ -72,14 +73,13 @@ class _SparseMixin:
             self.weight = weight
 
     def _init_layout(self, density, init, generator=None):
-        density, init = check_density(density), _check_init(init)
-        raw = weight_parameter(self)
+        """Choose the new layout's blocks in place (it keeps every block until then)."""
+        density, init = checks.density(density), _check_init(init)
         if init == "magnitude":
-            fresh = BlockLayout.from_weight(raw, self.layout.block, density)
-        else:
-            fresh = BlockLayout.random(raw.shape, self.layout.block, density,
-                                       generator=generator, device=raw.device)
-        self.layout.update(fresh.bitmap)
+            if density < 1.0:
+                self.layout.keep_largest_(weight_parameter(self), density)
+        else:  # draws even at density 1: the generator's stream stays the same
+            self.layout.keep_random_(density, generator)
         self.apply_mask_()
 
     @torch.no_grad()
@@ -214,7 +214,7 @@ class SparseLinear(_SparseMixin, nn.Module):
         self.weight, self.bias = linear.weight, linear.bias
         self.layout = BlockLayout(self.weight.shape, block, device=self.weight.device)
         self.register_load_state_dict_post_hook(_after_load)
-        if check_density(density) < 1.0:
+        if checks.density(density) < 1.0:
             self._init_layout(density, "random")
 
     @classmethod
@@ -265,7 +265,7 @@ class SparseConv2d(_SparseMixin, nn.Module):
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          bias=bias, device=device, dtype=dtype)
         self._setup(conv, upsample, block)
-        if check_density(density) < 1.0:
+        if checks.density(density) < 1.0:
             self._init_layout(density, "random")
 
     def _setup(self, conv, upsample, block, weight=None, norm=""):
@@ -328,6 +328,26 @@ def _matches(name, patterns):
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def select_layers(eligible, include=None, exclude=()) -> dict[str, str]:
+    """``{name: why it is left out}`` for each name of ``eligible`` ("" where it is selected), in
+    its order — the layer selection of ``sparsify`` and of the DST engine.
+
+    ``include`` / ``exclude`` are sequences of fnmatch patterns of module names (``include``
+    None: every layer). A single string, or a pattern that matches no eligible layer, is a
+    ValueError naming it.
+    """
+    for patterns, what in ((include or (), "include"), (exclude, "exclude")):
+        if isinstance(patterns, str):
+            raise ValueError(f"{what} must be a sequence of layer-name patterns, not a single "
+                             f"string ({patterns!r})")
+        for p in patterns:
+            if not any(fnmatch.fnmatchcase(n, p) for n in eligible):
+                raise ValueError(f"{what} pattern {p!r} matches no nn.Linear/nn.Conv2d in the "
+                                 f"model; eligible layers: {sorted(eligible)}")
+    return {n: "not matched by include" if include is not None and not _matches(n, include)
+            else "excluded" if _matches(n, exclude) else "" for n in eligible}
+
+
 class LayerReport(NamedTuple):
     """What ``sparsify`` did with one Linear/Conv2d-like layer."""
 
@@ -382,11 +402,7 @@ def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclud
     eligible = {n: m for n, m in candidates.items() if base_type(m) in (nn.Linear, nn.Conv2d)}
     if isinstance(exclude, str) or isinstance(include, str):
         raise TypeError("include/exclude must be sequences of name patterns, not a single string")
-    for patterns, what in ((include or (), "include"), (exclude, "exclude")):
-        for p in patterns:
-            if not any(fnmatch.fnmatchcase(n, p) for n in eligible):
-                raise ValueError(f"{what} pattern {p!r} matches no nn.Linear/nn.Conv2d in the model; "
-                                 f"eligible layers: {sorted(eligible)}")
+    left_out = select_layers(eligible, include, exclude)
     densities = density if isinstance(density, dict) else None
     if densities is not None:
         unknown = set(densities) - set(eligible)
@@ -396,7 +412,7 @@ def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclud
     # about a layer (an option it has that cannot be converted), never about a bad argument.
     check_block(block)
     for d in (densities.values() if densities is not None else (density,)):
-        check_density(d)
+        checks.density(d)
     _check_init(init)
     report = []
     for name, module in candidates.items():
@@ -411,11 +427,8 @@ def sparsify(model: nn.Module, density=1.0, block=(32, 32), include=None, exclud
             dense(f"{kind} layers are not supported (nn.Linear and nn.Conv2d are)",
                   warn=include is None or _matches(name, include))
             continue
-        if include is not None and not _matches(name, include):
-            dense("not matched by include")
-            continue
-        if _matches(name, exclude):
-            dense("excluded")
+        if left_out[name]:
+            dense(left_out[name])
             continue
         if densities is not None and name not in densities:
             dense("no density given for it")
@@ -441,5 +454,5 @@ def sparse_layers(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d))]
 
 
-__all__ = ["SparseLinear", "SparseConv2d", "sparsify", "sparse_layers", "weight_parameter",
-           "raw_weight", "base_type", "LayerReport"]
+__all__ = ["SparseLinear", "SparseConv2d", "sparsify", "sparse_layers", "select_layers",
+           "weight_parameter", "raw_weight", "base_type", "LayerReport"]

@@ -18,11 +18,13 @@ with ``<layout> = bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK`
 transpose index and dW at kept blocks only (the full dense dW when ``layout.dense_dw`` is set);
 dW is skipped when the weight needs no gradient.
 
-Dispatch: ``set_backend(name)`` / ``SPARSEKIT_BACKEND`` force a backend ("reference", "cpu",
-"triton", "cuda"); "auto" (default) takes ``cpu`` for CPU tensors (unless it declines a call it would run slower
-than dense torch: ``cpu.auto_declines``) and, for CUDA tensors, ``triton`` or ``cuda`` by the
-measured table of ``backends.routing`` (per pass and dtype) when they support the call, else
-announces (once per reason) a fallback to ``reference``.
+Dispatch: ``set_backend(name)`` / ``SPARSEKIT_BACKEND`` force a backend (one of
+``sparsekit.BACKENDS``: "reference", "cpu", "triton", "cuda"); "auto" (default) tries the backends
+serving the tensors' device type by their declared priority — ``cpu`` for CPU tensors (unless it
+declines a call it would run slower than dense torch: its ``auto_declines``), for CUDA tensors
+``triton`` or ``cuda`` in the order of the measured table of ``backends.routing`` (per pass and
+dtype) — takes the first that supports the call, else announces (once per reason) a fallback to
+``reference``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from torch import Tensor, nn
 
 from . import backends
 from .backends import BlockIndex, routing
-from .geometry import ConvGeometry, empty_conv_input_grad, empty_conv_output, make_geometry
+from .backends.problem import conv_problem, linear_problem
+from .geometry import ConvGeometry, make_geometry
 from .layout import BlockLayout
 
 # ----------------------------------------------------------------------------------- dispatch
@@ -46,9 +49,9 @@ _fallbacks: dict[str, str] = {}  # reason -> op, for the once-only warning and s
 
 
 def set_backend(name: str) -> None:
-    """Force a backend for every op ("auto", "reference", "cpu", "triton", "cuda")."""
-    if name != "auto" and name not in backends.NAMES:
-        raise ValueError(f"backend must be 'auto' or one of {backends.NAMES}, got {name!r}")
+    """Force a backend for every op: "auto" or one of ``sparsekit.BACKENDS``."""
+    if name != "auto" and name not in backends.names():
+        raise ValueError(f"backend must be 'auto' or one of {backends.names()}, got {name!r}")
     global _backend
     _backend = name
 
@@ -63,41 +66,39 @@ def fallbacks_taken() -> dict[str, str]:
 
 
 def _auto_order(op, x):
-    """Backends ``auto`` tries for ``op`` on ``x``: ``cpu`` on CPU tensors; on CUDA tensors the
-    faster of ``triton``/``cuda`` for the op's pass and dtype first (``backends.routing``)."""
-    if x.device.type == "cpu":
-        return ("cpu",)
+    """Backends ``auto`` tries for ``op`` on ``x``: those serving its device type by priority;
+    on CUDA tensors the faster one for the op's pass and dtype first (``backends.routing``)."""
     if x.device.type == "cuda":
         return routing.cuda_order(op, x.dtype)
-    return ()
+    return backends.serving(x.device.type)
 
 
 def _select(op, x, weight, idx, geom=None):
     if _backend != "auto":
-        module = backends.load(_backend)
-        reason = module.unsupported(op, x, weight, idx, geom)
+        backend = backends.load(_backend)
+        reason = backend.unsupported(op, x, weight, idx, geom)
         if reason is not None:
             raise NotImplementedError(f"sparsekit backend {_backend!r} cannot run {op}: {reason}")
-        return module
+        return backend
     reasons = []
     for name in _auto_order(op, x):
         try:
-            module = backends.load(name)
+            backend = backends.load(name)
         except backends.BackendUnavailable as e:
             reasons.append(str(e))
             continue
-        reason = module.unsupported(op, x, weight, idx, geom)
-        if reason is None and hasattr(module, "auto_declines"):  # slower than dense here
-            reason = module.auto_declines(op, x, weight, idx, geom)
+        reason = backend.unsupported(op, x, weight, idx, geom)
+        if reason is None:  # slower than dense here?
+            reason = backend.auto_declines(op, x, weight, idx, geom)
         if reason is None:
-            return module
+            return backend
         reasons.append(f"{name}: {reason}")
     reason = "; ".join(reasons) or f"no fast backend for device type {x.device.type!r}"
     if reason not in _fallbacks:
         _fallbacks[reason] = op
         warnings.warn(f"sparsekit: {op} runs on the reference backend (masked dense torch): {reason}",
                       stacklevel=3)
-    return backends.load("reference")
+    return backends.load(backends.FALLBACK)
 
 
 def _idx(bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK):
@@ -119,7 +120,7 @@ def linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], bitmap: Tensor
 
 @linear_fwd.register_fake
 def _(x, weight, bias, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK, dense_dw):
-    return x.new_empty((x.shape[0], weight.shape[0]))
+    return linear_problem(x.shape[0], weight.shape).empty_output(x)
 
 
 @torch.library.custom_op("sparsekit::linear_dx", mutates_args=())
@@ -131,7 +132,7 @@ def linear_dx(dy: Tensor, weight: Tensor, bitmap: Tensor, row_ptr: Tensor, col_i
 
 @linear_dx.register_fake
 def _(dy, weight, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK):
-    return dy.new_empty((dy.shape[0], weight.shape[1]))
+    return linear_problem(dy.shape[0], weight.shape).empty_input_grad(dy)
 
 
 @torch.library.custom_op("sparsekit::linear_dw", mutates_args=())
@@ -190,7 +191,8 @@ def conv2d_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], bitmap: Tensor
 @conv2d_fwd.register_fake
 def _(x, weight, bias, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK, stride,
       padding, dilation, upsample, dense_dw):
-    return empty_conv_output(x, weight, _geom(stride, padding, dilation, upsample))
+    return conv_problem(x.shape, weight.shape,
+                        _geom(stride, padding, dilation, upsample)).empty_output(x)
 
 
 @torch.library.custom_op("sparsekit::conv2d_dx", mutates_args=())
@@ -206,7 +208,9 @@ def conv2d_dx(dy: Tensor, weight: Tensor, bitmap: Tensor, row_ptr: Tensor, col_i
 @conv2d_dx.register_fake
 def _(dy, weight, bitmap, row_ptr, col_idx, col_ptr, row_idx, block_row, BN, BK, stride, padding,
       dilation, upsample, in_h, in_w):
-    return empty_conv_input_grad(dy, weight, (in_h, in_w))
+    geom = _geom(stride, padding, dilation, upsample)
+    return conv_problem((dy.shape[0], weight.shape[1], in_h, in_w), weight.shape,
+                        geom).empty_input_grad(dy)
 
 
 @torch.library.custom_op("sparsekit::conv2d_dw", mutates_args=())

@@ -93,7 +93,7 @@ def test_info_runs():
 def test_unknown_or_unsupported_isa_is_refused_with_the_choices():
     from sparsekit import _C
 
-    code = "import torch, sparsekit\nfrom sparsekit.backends import cpu\n"
+    code = "import torch, sparsekit\nsparsekit.backends.load('cpu')\n"
     for isa, match in (("sse9", "no sse9 kernels are built"),
                        *((("avx512", "cannot run the avx512"),)
                          if "avx512" in _C.isas_built() and "avx512" not in _C.isas_supported()

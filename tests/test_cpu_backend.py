@@ -206,7 +206,7 @@ def test_auto_runs_dense_torch_where_the_kernels_would_be_slower(isa, monkeypatc
         layout = make_layout(w.shape, (16, 16), density)
         declined = isa not in cpu.CROSSOVER or density > cpu.CROSSOVER[isa]
         idx = ops._idx(*layout.index_tensors(), *layout.block)
-        assert (cpu.auto_declines("conv2d_fwd", x, w, idx) is not None) == declined
+        assert (cpu.BACKEND.auto_declines("conv2d_fwd", x, w, idx) is not None) == declined
         with pytest.warns(UserWarning, match="reference backend") if declined else _no_warning():
             y = block_sparse_conv2d(x, w, layout, padding=1)
         torch.testing.assert_close(

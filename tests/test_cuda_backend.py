@@ -50,6 +50,11 @@ def _cuda_backend():
         pytest.skip(f"cuda backend not built here: {e}")
 
 
+def _cuda_extension():
+    _cuda_backend()
+    return sys.modules["sparsekit.backends.cuda"]._C_cuda
+
+
 def _index(layout):
     return BlockIndex(*layout.index_tensors(), *layout.block)
 
@@ -79,8 +84,7 @@ def test_unsupported_names_dtype_and_block_reasons():
 
 
 def test_bindings_reject_bad_arguments_without_launching():
-    cuda = _cuda_backend()
-    C = cuda._C_cuda
+    C = _cuda_extension()
     good = [1, 1, 8, 32, 1, 8, 32, 1, 1, 1, 1, 0, 0, 1, 1, 1, 32, 16, 16, 2, 2, 2]
     assert len(good) == C.PROBLEM_FIELDS
     with pytest.raises(ValueError, match="22 sizes"):
@@ -176,7 +180,8 @@ def backend_module(emulated_lib):
     """sparsekit.backends.cuda; where _C_cuda is not built (no nvcc), a private copy of it
     imported over the emulated library, so the kernels are checked there too."""
     try:
-        return backends.load("cuda")
+        backends.load("cuda")
+        return sys.modules["sparsekit.backends.cuda"]
     except backends.BackendUnavailable:
         pass
     saved = sys.modules.get("sparsekit._C_cuda")
@@ -207,8 +212,9 @@ def emulated(request, backend_module, emulated_lib, monkeypatch):
 
 
 def _compare_ops(cuda, x, w, b, layout, geom, dtype, dense_dw=False):
-    """Each of the three kernels against the reference backend on the same (rounded) inputs."""
-    ref = backends.load("reference")
+    """Each of the three kernels (``cuda``: the backend module) against the reference backend on
+    the same (rounded) inputs."""
+    ref, cuda = backends.load("reference"), cuda.BACKEND
     idx = _index(layout)
     CL = torch.channels_last
     xq, wq = x.to(dtype), w.to(dtype)
@@ -401,17 +407,17 @@ def test_gpu_linear_matches_reference(ieee_fp32, case, dtype):
 @gpu
 @pytest.mark.parametrize("dtype", [BF16, FP16])
 def test_gpu_half_precision_ffma_fallback_matches_reference(dtype):
-    cuda = _cuda_backend()
+    C = _cuda_extension()
     torch.manual_seed(0)
     w, x, b = torch.randn(96, 80, 3, 3), torch.randn(4, 80, 9, 11), torch.randn(96)
     layout = make_layout(w.shape, (32, 16), 0.4).to("cuda")
-    cuda._C_cuda.set_tensor_cores(False)
+    C.set_tensor_cores(False)
     try:
         _assert_matches_reference(
             lambda x, w, b: block_sparse_conv2d(x, w, layout, b, stride=2, padding=1),
             [x, w, b], dtype)
     finally:
-        cuda._C_cuda.set_tensor_cores(True)
+        C.set_tensor_cores(True)
 
 
 @gpu

@@ -8,8 +8,8 @@ from torch import nn
 
 import sparsekit
 
-from sparsekit.dst import (PRESETS, DDSTController, DynamicSparsity, UpdateSchedule, erk_densities,
-                           get_preset, layer_densities)
+from sparsekit.dst import (PRESETS, DDSTController, DynamicSparsity, UpdateSchedule,
+                           distribute_density, erk_densities, get_preset)
 
 SHAPES = {"rgb": (64, 3, 3, 3), "c1": (64, 64, 3, 3), "c2": (128, 64, 3, 3), "sc": (128, 64, 1, 1),
           "fc": (10, 2048), "head": (1, 128)}
@@ -48,7 +48,9 @@ def test_engine_budget_matches_distribution():
     uniform = DynamicSparsity(tiny_model(), None, density=0.3, block=(1, 1), method="static",
                               distribution="uniform")
     assert all(v == pytest.approx(0.3, abs=1e-3) for v in uniform.layer_densities().values())
-    assert layer_densities({"a": (4, 4)}, 0.5, "uniform") == {"a": 0.5}
+    assert distribute_density({"a": (4, 4)}, 0.5, "uniform") == {"a": 0.5}
+    with pytest.warns(DeprecationWarning, match="distribute_density"):  # the old name still works
+        assert sparsekit.dst.layer_densities is distribute_density
 
 
 def test_schedule():

@@ -63,7 +63,7 @@ def test_ddst_growth_starts_at_zero_and_follows_the_gradient():
     before = {layer.name: layer.layout.bitmap.clone() for layer in engine.layers}
     assert ctl.adjust(0.8) == "grow" and engine.density == pytest.approx(0.25)
     for layer in engine.layers:
-        grown = layer.expand(layer.layout.bitmap & ~before[layer.name])
+        grown = layer.layout.element_mask(layer.layout.bitmap & ~before[layer.name])
         assert torch.all(layer.param[grown] == 0)
 
 

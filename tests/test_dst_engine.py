@@ -52,7 +52,7 @@ def test_budget_exact_and_pruned_stay_zero(block, method, selection):
     engine = DynamicSparsity(model, opt, density=0.3, block=block, method=method, update_every=2,
                              prune_fraction=0.5, schedule="constant", selection=selection)
     kept0 = engine.kept()
-    max_block = max(int(layer.block_sizes.max()) for layer in engine.layers)
+    max_block = max(int(layer.layout.block_numel().max()) for layer in engine.layers)
     assert engine.budget - max_block * len(engine.layers) < kept0 <= engine.budget
     events = train(model, opt, engine, range(12), steps_per_iteration=2)
     assert sorted(events) == [2, 4, 6, 8, 10]
@@ -65,7 +65,7 @@ def test_budget_exact_and_pruned_stay_zero(block, method, selection):
     if selection == "per-layer":
         for layer in engine.layers:
             target = engine.targets[layer.name]
-            assert target - int(layer.block_sizes.max()) < layer.kept() <= target
+            assert target - int(layer.layout.block_numel().max()) < layer.kept() <= target
     for off in off_entries(engine):  # Adam momentum never leaks into pruned entries
         assert torch.count_nonzero(off) == 0
 
@@ -98,8 +98,8 @@ def test_regrown_start_at_zero_with_fresh_optimizer_state():
     train(model, opt, engine, [3])  # the update fires after this step
     assert engine.last_update["grown"] > 0
     for layer in engine.layers:
-        grown = layer.expand(layer.layout.bitmap & ~before[layer.name])
-        survived = layer.expand(layer.layout.bitmap & before[layer.name])
+        grown = layer.layout.element_mask(layer.layout.bitmap & ~before[layer.name])
+        survived = layer.layout.element_mask(layer.layout.bitmap & before[layer.name])
         assert torch.all(layer.param[grown] == 0)
         state = opt.state[layer.param]
         assert torch.all(state["exp_avg"][grown] == 0) and torch.all(state["exp_avg_sq"][grown] == 0)
@@ -116,7 +116,7 @@ def test_reset_off_keeps_optimizer_state():
     before = masks(engine)
     train(model, opt, engine, [3])
     layer = engine.layers[1]
-    grown = layer.expand(layer.layout.bitmap & ~before[layer.name])
+    grown = layer.layout.element_mask(layer.layout.bitmap & ~before[layer.name])
     assert torch.all(layer.param[grown] == 0)
     assert torch.count_nonzero(opt.state[layer.param]["exp_avg"][grown]) > 0  # the dense-dW step's moments
 

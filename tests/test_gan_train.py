@@ -127,7 +127,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     (["--method", "magic"], "--method must be one of"),
     (["--block", "16by16"], "--block must be BNxBK"),
     (["--g-density", "1.5"], "--g-density must be in (0, 1]"),
-    (["--metrics", "fid,bogus"], "unknown ['bogus']"),
+    (["--metrics", "fid,bogus"], "unknown metric 'bogus'"),
 ])
 def test_bad_flags_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as e:

@@ -65,6 +65,16 @@ def test_sparsify_include_exclude():
     model(torch.randn(2, 3, 8, 8)).sum().backward()
 
 
+def test_one_layer_selection_for_sparsify_and_the_dst_engine():
+    names = {"stem": None, "body.1": None, "head": None}
+    assert sparsekit.nn.select_layers(names, include=["body.*", "head"], exclude=["head"]) == {
+        "stem": "not matched by include", "body.1": "", "head": "excluded"}
+    with pytest.raises(ValueError, match="exclude must be a sequence"):
+        sparsekit.nn.select_layers(names, exclude="head")
+    with pytest.raises(ValueError, match="include pattern 'x\\*' matches no"):
+        sparsekit.nn.select_layers(names, include=["x*"])
+
+
 def test_sparsify_refuses_unknown_names():
     with pytest.raises(ValueError, match="matches no nn.Linear/nn.Conv2d"):
         sparsify(Tiny(), density=0.5, block=(16, 16), include=["nope*"])

@@ -12,7 +12,8 @@
 
 namespace sparsekit {
 
-// Sizes as the Python side passes them (sparsekit/backends/_native.py), in this order.
+// Sizes as the Python side passes them (Problem.native_sizes, sparsekit/backends/problem.py),
+// in this order.
 struct Problem {
   int64_t batch, in_h, in_w, c_in;
   int64_t out_h, out_w, c_out;

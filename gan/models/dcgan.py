@@ -56,3 +56,12 @@ class DCGANDiscriminator(nn.Module):
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
             h = F.leaky_relu(conv(h), 0.2)
         return self.fc(h.sum(dim=(2, 3))).squeeze(1)
+
+
+#: discriminator steps per generator step (``--n-dis`` default)
+N_DIS = 1
+
+
+def build_pair(width: float, z_dim: int):
+    """(G, D) of this architecture (what ``gan.models.build("dcgan", ...)`` returns)."""
+    return DCGANGenerator(z_dim, width), DCGANDiscriminator(width)

@@ -92,3 +92,12 @@ class SNGANDiscriminator(nn.Module):
     def forward(self, x):
         h = self.blocks(x.contiguous(memory_format=torch.channels_last))
         return self.fc(F.relu(h).sum(dim=(2, 3))).squeeze(1)
+
+
+#: discriminator steps per generator step (``--n-dis`` default; SNGAN's 5)
+N_DIS = 5
+
+
+def build_pair(width: float, z_dim: int):
+    """(G, D) of this architecture (what ``gan.models.build("sngan", ...)`` returns)."""
+    return SNGANGenerator(z_dim, width), SNGANDiscriminator(width)

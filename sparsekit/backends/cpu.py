@@ -2,17 +2,18 @@
 
 The kernels are built once per instruction set of the architecture (AVX-512, AVX2+FMA on x86-64;
 NEON on aarch64; a portable build everywhere) and the best one the CPU supports runs;
-``SPARSEKIT_CPU_ISA=<isa>`` picks another built one the CPU can run (a ValueError names the
-choices otherwise). ``_C.isa()`` says which runs.
+``SPARSEKIT_CPU_ISA=<isa>`` picks another built one the CPU can run (applied when this module is
+imported; loading the backend raises a ValueError naming the choices otherwise). ``_C.isa()``
+says which runs.
 
-Never slower than dense, in ``auto``: :func:`auto_declines` hands a call to masked dense torch
-(the reference backend, announced once) where the block kernels cannot win — on the portable
-build (no vector ISA for this CPU: oneDNN uses whatever SIMD the CPU has) and above the density
-crossover measured for the ISA (``CROSSOVER``). A forced ``cpu`` backend always runs the kernels.
+Never slower than dense, in ``auto``: :meth:`CPUBackend.auto_declines` hands a call to masked
+dense torch (the reference backend, announced once) where the block kernels cannot win — on the
+portable build (no vector ISA for this CPU: oneDNN uses whatever SIMD the CPU has) and above the
+density crossover measured for the ISA (``CROSSOVER``). A forced ``cpu`` backend always runs the
+kernels.
 
-Inputs arrive contiguous NHWC (conv) / row-major (linear) from ``sparsekit.ops``; this module
-checks what the kernels need, allocates outputs and passes pointers. A linear layer runs as the
-1×1 conv of a ``[1, 1, M, K]`` image. Threads: ``torch.get_num_threads()``.
+The launchers allocate outputs and pass pointers and the problem's sizes; a linear layer runs as
+the 1×1 conv of a ``[1, 1, M, K]`` image. Threads: ``torch.get_num_threads()``.
 
 A layout with every block kept runs torch's dense kernels (oneDNN) instead: the same product,
 and oneDNN is at the FMA peak on every shape, including the few-channel RGB layers where the
@@ -28,20 +29,20 @@ import os
 
 import torch
 
-from ..geometry import empty_conv_input_grad, empty_conv_output, zeros_weight_grad
-from . import BackendUnavailable, BlockIndex, reference
-from ._native import conv_problem as _conv_problem
-from ._native import dw_blocks as _dw_blocks
-from ._native import linear_problem as _linear_problem
+from ..geometry import zeros_weight_grad
+from . import reference
+from .base import Backend, BackendUnavailable, BlockIndex, blocks_up_to
 
 try:
     from .. import _C
 except ImportError as e:  # pragma: no cover - only without a built extension
-    raise BackendUnavailable(f"sparsekit._C is not built ({e}); reinstall with `pip install -e .`") from e
-
-_isa_error = _C.select_isa(os.environ.get("SPARSEKIT_CPU_ISA", ""))
-if _isa_error:
-    raise ValueError(f"SPARSEKIT_CPU_ISA={os.environ['SPARSEKIT_CPU_ISA']!r}: {_isa_error}")
+    _C = None
+    _LOAD_ERROR = (BackendUnavailable,
+                   f"sparsekit._C is not built ({e}); reinstall with `pip install -e .`")
+else:
+    _isa_error = _C.select_isa(os.environ.get("SPARSEKIT_CPU_ISA", ""))
+    _LOAD_ERROR = (ValueError, f"SPARSEKIT_CPU_ISA={os.environ.get('SPARSEKIT_CPU_ISA')!r}: "
+                               f"{_isa_error}") if _isa_error else None
 
 MAX_BLOCK = 64
 DENSE_WHEN_FULL = True
@@ -52,109 +53,87 @@ DENSE_WHEN_FULL = True
 #: measured yet and takes 0.6 (its tiles have not met a real core: stay on the safe side).
 CROSSOVER = {"avx512": 0.8, "avx2": 0.8, "neon": 0.6}
 
-
-def unsupported(op, x, weight, idx, geom=None):
-    if x.device.type != "cpu":
-        return f"tensors are on {x.device}, the cpu backend runs on CPU tensors"
-    if x.dtype != torch.float32:
-        return f"dtype {x.dtype} (the cpu kernels are fp32)"
-    if (idx.block_n, idx.block_k) == (1, 1):
-        return "unstructured (1×1) blocks run on the reference backend"
-    if idx.block_n > MAX_BLOCK or idx.block_k > MAX_BLOCK:
-        return f"block {(idx.block_n, idx.block_k)} has a side above {MAX_BLOCK}"
-    return None
+_full_block_lists: dict[tuple, tuple] = {}
 
 
-def auto_declines(op, x, weight, idx, geom=None):
-    """Why ``auto`` should run this call as dense torch (the kernels would be slower), or None."""
-    isa = _C.isa()
-    if isa not in CROSSOVER:
-        return (f"the {isa} (portable) CPU kernels are slower than dense torch; this CPU has "
-                "no vector ISA they are built for")
-    kept = int(idx.row_ptr[-1]) / max(1, idx.bitmap.numel())  # host memory: no sync
-    if kept > CROSSOVER[isa]:
-        return (f"layouts keeping more than {CROSSOVER[isa]:.0%} of their blocks run faster as "
-                f"dense torch than on the {isa} kernels")
-    return None
+def _dw_blocks(idx, dense_dw):
+    """(block_row, col_idx, count) for the dW pass: kept blocks, or every block for a dense dW.
+
+    All three live on the layout's device; ``count`` is a 1-element int32 tensor the kernels read.
+    """
+    if not dense_dw:
+        return idx.block_row, idx.col_idx, idx.row_ptr[-1:]
+    grid = tuple(idx.bitmap.shape)
+    key = (grid, idx.bitmap.device)
+    if key not in _full_block_lists:
+        every = torch.arange(grid[0] * grid[1], dtype=torch.int32, device=idx.bitmap.device)
+        count = torch.tensor([grid[0] * grid[1]], dtype=torch.int32, device=idx.bitmap.device)
+        _full_block_lists[key] = (every // grid[1], every % grid[1], count)
+    return _full_block_lists[key]
 
 
-def _threads():
-    return torch.get_num_threads()
+def _dense_when_full(launcher):
+    """Hand a call whose layout keeps every block to the reference backend's same launcher."""
+    dense = getattr(reference.BACKEND, launcher.__name__)
 
-
-def _forward(problem, x, weight, bias, idx, y):
-    _C.forward(problem, _threads(), x.data_ptr(), weight.data_ptr(),
-               bias.contiguous().data_ptr() if bias is not None else 0, y.data_ptr(),
-               idx.row_ptr.data_ptr(), idx.col_idx.data_ptr(), idx.block_row.data_ptr())
-    return y
-
-
-def _grad_input(problem, dy, weight, idx, dx):
-    _C.grad_input(problem, _threads(), dy.data_ptr(), weight.data_ptr(), dx.data_ptr(),
-                  idx.col_ptr.data_ptr(), idx.row_idx.data_ptr())
-    return dx
-
-
-def _grad_weight(problem, dy, x, weight, idx, dense_dw):
-    dw = zeros_weight_grad(weight)
-    block_row, col_idx, count = _dw_blocks(idx, dense_dw)
-    _C.grad_weight(problem, _threads(), dy.data_ptr(), x.data_ptr(), dw.data_ptr(),
-                   block_row.data_ptr(), col_idx.data_ptr(), count.data_ptr())
-    return dw
-
-
-_CL = torch.channels_last
-
-
-def _dense_when_full(kernel):
-    """Route a call whose layout keeps every block to the same-named dense reference op."""
-    dense = getattr(reference, kernel.__name__)
-
-    @functools.wraps(kernel)
-    def run(*args):
+    @functools.wraps(launcher)
+    def run(self, p, *args):
         idx = next(a for a in args if isinstance(a, BlockIndex))
         if DENSE_WHEN_FULL and reference.is_full(idx):
-            return dense(*args)
-        return kernel(*args)
+            return dense(p, *args)
+        return launcher(self, p, *args)
     return run
 
 
-@_dense_when_full
-def linear_fwd(x, weight, bias, idx):
-    x, weight = x.contiguous(), weight.contiguous()
-    y = x.new_empty((x.shape[0], weight.shape[0]))
-    return _forward(_linear_problem(x.shape[0], weight, idx), x, weight, bias, idx, y)
+class CPUBackend(Backend):
+    name = "cpu"
+    device_types = ("cpu",)
+    priority = 10
+    dtypes = (torch.float32,)
+
+    def load(self):
+        if _LOAD_ERROR is not None:
+            kind, message = _LOAD_ERROR
+            raise kind(message)
+
+    def capability(self, op, x, weight, idx, geom=None):
+        return blocks_up_to(idx, MAX_BLOCK)
+
+    def auto_declines(self, op, x, weight, idx, geom=None):
+        isa = _C.isa()
+        if isa not in CROSSOVER:
+            return (f"the {isa} (portable) CPU kernels are slower than dense torch; this CPU has "
+                    "no vector ISA they are built for")
+        kept = int(idx.row_ptr[-1]) / max(1, idx.bitmap.numel())  # host memory: no sync
+        if kept > CROSSOVER[isa]:
+            return (f"layouts keeping more than {CROSSOVER[isa]:.0%} of their blocks run faster as "
+                    f"dense torch than on the {isa} kernels")
+        return None
+
+    @_dense_when_full
+    def forward(self, p, x, weight, bias, idx):
+        y = p.empty_output(x)
+        _C.forward(p.native_sizes(weight.stride(0), idx), torch.get_num_threads(), x.data_ptr(),
+                   weight.data_ptr(), bias.data_ptr() if bias is not None else 0, y.data_ptr(),
+                   idx.row_ptr.data_ptr(), idx.col_idx.data_ptr(), idx.block_row.data_ptr())
+        return y
+
+    @_dense_when_full
+    def grad_input(self, p, dy, weight, idx):
+        dx = p.empty_input_grad(dy)
+        _C.grad_input(p.native_sizes(weight.stride(0), idx), torch.get_num_threads(),
+                      dy.data_ptr(), weight.data_ptr(), dx.data_ptr(), idx.col_ptr.data_ptr(),
+                      idx.row_idx.data_ptr())
+        return dx
+
+    @_dense_when_full
+    def grad_weight(self, p, dy, x, weight, idx, dense_dw):
+        dw = zeros_weight_grad(weight)
+        block_row, col_idx, count = _dw_blocks(idx, dense_dw)
+        _C.grad_weight(p.native_sizes(weight.stride(0), idx), torch.get_num_threads(),
+                       dy.data_ptr(), x.data_ptr(), dw.data_ptr(), block_row.data_ptr(),
+                       col_idx.data_ptr(), count.data_ptr())
+        return dw
 
 
-@_dense_when_full
-def linear_dx(dy, weight, idx):
-    dy, weight = dy.contiguous(), weight.contiguous()
-    dx = dy.new_empty((dy.shape[0], weight.shape[1]))
-    return _grad_input(_linear_problem(dy.shape[0], weight, idx), dy, weight, idx, dx)
-
-
-@_dense_when_full
-def linear_dw(dy, x, weight, idx, dense_dw):
-    dy, x = dy.contiguous(), x.contiguous()
-    return _grad_weight(_linear_problem(x.shape[0], weight, idx), dy, x, weight, idx, dense_dw)
-
-
-@_dense_when_full
-def conv2d_fwd(x, weight, bias, idx, geom):
-    x, weight = x.contiguous(memory_format=_CL), weight.contiguous(memory_format=_CL)
-    y = empty_conv_output(x, weight, geom)
-    return _forward(_conv_problem(x.shape, weight, geom, idx), x, weight, bias, idx, y)
-
-
-@_dense_when_full
-def conv2d_dx(dy, weight, idx, geom, input_hw):
-    dy, weight = dy.contiguous(memory_format=_CL), weight.contiguous(memory_format=_CL)
-    dx = empty_conv_input_grad(dy, weight, input_hw)
-    problem = _conv_problem((dy.shape[0], weight.shape[1], *input_hw), weight, geom, idx)
-    return _grad_input(problem, dy, weight, idx, dx)
-
-
-@_dense_when_full
-def conv2d_dw(dy, x, weight, idx, geom, dense_dw):
-    dy, x = dy.contiguous(memory_format=_CL), x.contiguous(memory_format=_CL)
-    return _grad_weight(_conv_problem(x.shape, weight, geom, idx), dy, x, weight, idx, dense_dw)
+BACKEND = CPUBackend()

@@ -1,5 +1,6 @@
 """The oracle: masked dense torch. Supports every argument (any kernel, dilation, dtype, device,
-block shape incl. 1×1 unstructured); every other backend is tested against it."""
+block shape incl. 1×1 unstructured); every other backend is tested against it, and ``auto``
+falls back to it (announced) where no faster backend runs a call."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import torch.nn.functional as F
 
 from ..geometry import ConvGeometry
 from ..layout import element_mask
-
-
-def unsupported(op, x, weight, idx, geom=None):
-    return None
+from .base import Backend
 
 
 def is_full(idx):
@@ -31,55 +29,56 @@ def _masked(weight, idx):
     return _mask_like(weight, weight, idx)
 
 
-# ---------------------------------------------------------------------------------- linear
-def linear_fwd(x, weight, bias, idx):
-    return F.linear(x, _masked(weight, idx), bias)
-
-
-def linear_dx(dy, weight, idx):
-    return dy @ _masked(weight, idx)
-
-
-def linear_dw(dy, x, weight, idx, dense_dw):
-    dw = dy.t() @ x
-    if not dense_dw:
-        dw = _mask_like(dw, weight, idx)
-    return torch.empty_like(weight).copy_(dw)
-
-
-# ---------------------------------------------------------------------------------- conv2d
 def _upsampled(x, geom: ConvGeometry):
     if geom.upsample == 1:
         return x
     return F.interpolate(x, scale_factor=geom.upsample, mode="nearest")
 
 
-def conv2d_fwd(x, weight, bias, idx, geom: ConvGeometry):
-    y = F.conv2d(_upsampled(x, geom), _masked(weight, idx), bias, geom.stride, geom.padding,
-                 geom.dilation)
-    return y.contiguous(memory_format=torch.channels_last)
+class ReferenceBackend(Backend):
+    name = "reference"
+    device_types = ()  # never picked by priority: the announced fallback of every device
+
+    def unsupported(self, op, x, weight, idx, geom=None):
+        return None
+
+    def forward(self, p, x, weight, bias, idx):
+        if p.is_linear:
+            return F.linear(x, _masked(weight, idx), bias)
+        geom = p.geometry()
+        y = F.conv2d(_upsampled(x, geom), _masked(weight, idx), bias, geom.stride, geom.padding,
+                     geom.dilation)
+        return y.contiguous(memory_format=torch.channels_last)
+
+    def grad_input(self, p, dy, weight, idx):
+        if p.is_linear:
+            return dy @ _masked(weight, idx)
+        geom, u = p.geometry(), p.upsample
+        big_hw = (u * p.in_h, u * p.in_w)
+        dx = torch.nn.grad.conv2d_input((dy.shape[0], weight.shape[1], *big_hw),
+                                        _masked(weight, idx), dy, geom.stride, geom.padding,
+                                        geom.dilation)
+        if u > 1:  # nearest upsampling's adjoint: sum each u×u patch
+            b, c = dx.shape[:2]
+            dx = dx.reshape(b, c, p.in_h, u, p.in_w, u).sum(dim=(3, 5))
+        return dx.contiguous(memory_format=torch.channels_last)
+
+    def grad_weight(self, p, dy, x, weight, idx, dense_dw):
+        if p.is_linear:
+            dw = dy.t() @ x
+        else:
+            geom = p.geometry()
+            x = _upsampled(x, geom)
+            if x.device.type == "cpu" and max(geom.stride) > 1:
+                # oneDNN (torch 2.14, AVX2 code path) computes a wrong weight gradient for strided
+                # channels_last convs at small odd channel counts (1×1 stride 2, 5→7 channels:
+                # relative error 0.64); its NCHW path is right, so the oracle takes that one.
+                x, dy = x.contiguous(), dy.contiguous()
+            dw = torch.nn.grad.conv2d_weight(x, weight.shape, dy, geom.stride, geom.padding,
+                                             geom.dilation)
+        if not dense_dw:
+            dw = _mask_like(dw, weight, idx)
+        return torch.empty_like(weight).copy_(dw)
 
 
-def conv2d_dx(dy, weight, idx, geom: ConvGeometry, input_hw):
-    u = geom.upsample
-    big_hw = (u * input_hw[0], u * input_hw[1])
-    dx = torch.nn.grad.conv2d_input((dy.shape[0], weight.shape[1], *big_hw), _masked(weight, idx),
-                                    dy, geom.stride, geom.padding, geom.dilation)
-    if u > 1:  # nearest upsampling's adjoint: sum each u×u patch
-        b, c = dx.shape[:2]
-        dx = dx.reshape(b, c, input_hw[0], u, input_hw[1], u).sum(dim=(3, 5))
-    return dx.contiguous(memory_format=torch.channels_last)
-
-
-def conv2d_dw(dy, x, weight, idx, geom: ConvGeometry, dense_dw):
-    x = _upsampled(x, geom)
-    if x.device.type == "cpu" and max(geom.stride) > 1:
-        # oneDNN (torch 2.14, AVX2 code path) computes a wrong weight gradient for strided
-        # channels_last convs at small odd channel counts (1×1 stride 2, 5→7 channels: relative
-        # error 0.64); its NCHW path is right, so the oracle takes that one.
-        x, dy = x.contiguous(), dy.contiguous()
-    dw = torch.nn.grad.conv2d_weight(x, weight.shape, dy, geom.stride, geom.padding,
-                                     geom.dilation)
-    if not dense_dw:
-        dw = _mask_like(dw, weight, idx)
-    return torch.empty_like(weight).copy_(dw)
+BACKEND = ReferenceBackend()

@@ -7,7 +7,9 @@ so a new measurement replaces it without touching code; the same file holds the 
 table (``backends/triton/tuning.py``). ``SPARSEKIT_GPU_TUNING=PATH`` points both at another such
 file (how the tuning run checks its own result before it is committed).
 
-A pass/dtype the file does not name tries ``triton`` first, then ``cuda``.
+The backends a route may name, and the order of a pass/dtype the file does not name, are those
+serving CUDA tensors by their declared priority (``backends.serving("cuda")``: ``triton``, then
+``cuda``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from . import serving
+
 DEFAULT_FILE = Path(__file__).with_name("gpu_tuning.json")
-GPU_BACKENDS = ("triton", "cuda")
 PASSES = {"linear_fwd": "fwd", "conv2d_fwd": "fwd", "linear_dx": "dx", "conv2d_dx": "dx",
           "linear_dw": "dw", "conv2d_dw": "dw"}
 
@@ -28,6 +31,11 @@ PASSES = {"linear_fwd": "fwd", "conv2d_fwd": "fwd", "linear_dx": "dx", "conv2d_d
 def dtype_name(dtype: torch.dtype) -> str:
     """'float32', 'bfloat16', 'float16': the names the tuning file uses."""
     return str(dtype).removeprefix("torch.")
+
+
+def gpu_backends() -> tuple[str, ...]:
+    """The backends ``auto`` may pick for CUDA tensors, highest priority first."""
+    return serving("cuda")
 
 
 @functools.cache
@@ -46,16 +54,17 @@ def tuning_file() -> dict:
         raise ValueError(f"GPU tuning file {path} must be a JSON object with 'routes' and "
                          "'triton' objects (see python -m benchmarks.tune_gpu)")
     for key, name in doc["routes"].items():
-        if name not in GPU_BACKENDS:
+        if name not in gpu_backends():
             raise ValueError(f"GPU tuning file {path}: route {key!r} names {name!r}, expected "
-                             f"one of {GPU_BACKENDS}")
+                             f"one of {gpu_backends()}")
     return doc
 
 
 def cuda_order(op: str, dtype: torch.dtype) -> tuple[str, ...]:
     """Backends ``auto`` tries, in order, for ``op`` (e.g. "conv2d_dw") on CUDA ``dtype``."""
-    first = tuning_file()["routes"].get(f"{PASSES[op]}/{dtype_name(dtype)}", "triton")
-    return (first,) + tuple(b for b in GPU_BACKENDS if b != first)
+    default = gpu_backends()
+    first = tuning_file()["routes"].get(f"{PASSES[op]}/{dtype_name(dtype)}", default[0])
+    return (first,) + tuple(b for b in default if b != first)
 
 
 def dump_tuning(doc: dict) -> str:

@@ -13,9 +13,11 @@
 Nothing here imports the GAN code.
 """
 
+import warnings
+
 from .balance import BalanceRatio
 from .ddst import DDSTController
-from .distribution import erk_densities, layer_densities, uniform_densities
+from .distribution import distribute_density, erk_densities, uniform_densities
 from .engine import METHODS, DynamicSparsity
 from .imp import Ticket, imp_prune, rewind_, snapshot
 from .presets import PRESETS, DDSTPreset, IMPPreset, MethodPreset, NetworkPreset, get_preset
@@ -33,11 +35,19 @@ __all__ = [
     "PRESETS",
     "Ticket",
     "UpdateSchedule",
+    "distribute_density",
     "erk_densities",
     "get_preset",
     "imp_prune",
-    "layer_densities",
     "rewind_",
     "snapshot",
     "uniform_densities",
 ]
+
+
+def __getattr__(name):
+    if name == "layer_densities":  # the engine's method of that name means something else
+        warnings.warn("sparsekit.dst.layer_densities is renamed distribute_density",
+                      DeprecationWarning, stacklevel=2)
+        return distribute_density
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ from collections import deque
 
 import torch
 
-from .checks import positive_int
+from ..checks import positive_int
 
 
 def _mean(value) -> float:

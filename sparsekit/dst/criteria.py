@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import torch
 
-GROW_CRITERIA = ("random", "gradient")
-
 
 # ---------------------------------------------------------------------------------- block scores
 def magnitude_scores(layer) -> torch.Tensor:
-    """float32 ``[R, C]``: mean |w| per block."""
+    """float32 ``[R, C]``: mean |w| per block (what pruning removes the lowest of)."""
     return layer.layout.reduce_blocks(layer.param.detach().abs(), "mean")
 
 
-def gradient_scores(layer) -> torch.Tensor:
-    """float32 ``[R, C]``: mean |grad| per block (zeros if the weight has no grad)."""
+def gradient_scores(layer, generator=None) -> torch.Tensor:
+    """float32 ``[R, C]``: mean |grad| per block (zeros if the weight has no grad); RigL's
+    criterion, needing the dense dW of the update step. (``generator`` is not used.)"""
     grad = layer.param.grad
     if grad is None:
         return torch.zeros(layer.layout.grid, device=layer.layout.bitmap.device)
@@ -37,12 +36,16 @@ def random_scores(layer, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(layer.layout.grid, generator=generator).to(layer.layout.bitmap.device)
 
 
+#: Growth criteria by name (``grow=``): ``score(layer, generator) -> [R, C]``, higher grows first.
+#: A new criterion is one function here and its entry.
+GROW_SCORES = {"random": random_scores, "gradient": gradient_scores}
+GROW_CRITERIA = tuple(GROW_SCORES)
+
+
 def grow_scores(layer, grow: str, generator: torch.Generator) -> torch.Tensor:
-    if grow == "gradient":
-        return gradient_scores(layer)
-    if grow == "random":
-        return random_scores(layer, generator)
-    raise ValueError(f"grow must be one of {GROW_CRITERIA}, got {grow!r}")
+    if grow not in GROW_SCORES:
+        raise ValueError(f"grow must be one of {GROW_CRITERIA}, got {grow!r}")
+    return GROW_SCORES[grow](layer, generator)
 
 
 # ---------------------------------------------------------------------------------- selection
@@ -99,7 +102,7 @@ def _split(flat, pool):
 
 
 def pool_sizes(pool) -> torch.Tensor:
-    return _flat(pool, lambda layer: layer.block_sizes)
+    return _flat(pool, lambda layer: layer.layout.block_numel())
 
 
 def plan_prune_regrow(pool, fraction: float, budget: int, grow_score_fn):

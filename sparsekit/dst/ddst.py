@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 
 from .balance import BalanceRatio
-from .checks import choice, number_in, positive_int
+from .. import checks
+from ..checks import choice, number_in, positive_int
 from .criteria import GROW_CRITERIA
 
 _EPS = 1e-9
@@ -38,10 +39,10 @@ class DDSTController:
         if not (isinstance(lower, (int, float)) and isinstance(upper, (int, float)) and lower < upper):
             raise ValueError(f"lower must be below upper, got lower={lower!r}, upper={upper!r}")
         self.step_size = number_in(step, "step", 0.0, 1.0, low_open=True)
-        self.min_density = number_in(min_density, "min_density", 0.0, 1.0, low_open=True)
-        self.max_density = number_in(max_density, "max_density", 0.0, 1.0, low_open=True)
+        self.min_density = checks.density(min_density, "min_density", allow_zero=False)
+        self.max_density = checks.density(max_density, "max_density", allow_zero=False)
         if cap is not None:
-            cap = number_in(cap, "cap", 0.0, 1.0, low_open=True)
+            cap = checks.density(cap, "cap", allow_zero=False)
         if self.min_density > min(self.max_density, cap or 1.0):
             raise ValueError(f"min_density {min_density} is above the upper bound "
                              f"{min(self.max_density, cap or 1.0)}")
@@ -86,7 +87,7 @@ class DDSTController:
                                         selection=self.selection, grow=self.grow)
                 action = "grow"
             elif self.cap is not None:
-                self.engine.update(iteration)
+                self.engine.prune_and_regrow(iteration=iteration)
                 action = "dst"
         elif br <= self.lower and density > self.min_density + _EPS:
             self.engine.set_density(max(density - self.step_size, self.min_density),

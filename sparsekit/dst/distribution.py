@@ -39,8 +39,12 @@ def uniform_densities(shapes: dict[str, tuple], density: float) -> dict[str, flo
     return {name: float(density) for name in shapes}
 
 
-def layer_densities(shapes: dict[str, tuple], density: float, distribution: str) -> dict[str, float]:
-    """Dispatch on ``distribution`` ("erk" or "uniform")."""
+def distribute_density(shapes: dict[str, tuple], density: float,
+                       distribution: str) -> dict[str, float]:
+    """Spread the global ``density`` over the layers by ``distribution`` ("erk" or "uniform").
+
+    (An engine's current per-layer densities are ``DynamicSparsity.layer_densities()``.)
+    """
     if distribution == "erk":
         return erk_densities(shapes, density)
     if distribution == "uniform":

@@ -23,10 +23,11 @@ from torch import nn
 
 from ..geometry import weight_matrix_dims
 from ..layout import check_block
-from .checks import choice, number_in
+from .. import checks
+from ..checks import choice
 from .criteria import (GROW_CRITERIA, fill_greedy, grow_scores, magnitude_scores, plan_prune_regrow,
                        plan_resize)
-from .distribution import DISTRIBUTIONS, layer_densities
+from .distribution import DISTRIBUTIONS, distribute_density
 from ..nn import weight_parameter
 from .layers import commit, find_layers, make_sparse
 from .metrics import OutputPositions
@@ -35,10 +36,6 @@ from .schedule import UpdateSchedule
 METHODS = ("static", "set", "rigl")
 SELECTIONS = ("per-layer", "global")
 _DEFAULT_GROW = {"static": "random", "set": "random", "rigl": "gradient"}
-
-
-def _check_density(density):
-    return number_in(density, "density", 0.0, 1.0, low_open=True)
 
 
 def _grid_blocks(shape, block):
@@ -78,7 +75,7 @@ class DynamicSparsity:
                  method="rigl", update_every=100, prune_fraction=0.3, schedule="cosine",
                  selection="per-layer", grow=None, stop_at=None, include=None, exclude=(),
                  layer_types=("conv", "linear"), reset_optimizer_state=None, init="random", seed=0):
-        self.density = _check_density(density)
+        self.density = checks.density(density, allow_zero=False)
         self.distribution = choice(distribution, "distribution", DISTRIBUTIONS)
         self.block = check_block(block)
         self.method = choice(method, "method", METHODS)
@@ -86,7 +83,7 @@ class DynamicSparsity:
         self.grow = choice(grow if grow is not None else _DEFAULT_GROW[method], "grow", GROW_CRITERIA)
         choice(init, "init", ("random", "magnitude"))
         if method == "static" and schedule == "cosine" and stop_at is None:
-            schedule = "constant"  # a static engine's schedule only serves explicit update() calls
+            schedule = "constant"  # a static engine's schedule only serves explicit prune_and_regrow()
         self.schedule = UpdateSchedule(update_every, prune_fraction, schedule, stop_at)
         if reset_optimizer_state and optimizer is None:
             raise ValueError("optimizer is required when reset_optimizer_state=True")
@@ -96,7 +93,7 @@ class DynamicSparsity:
 
         modules = find_layers(model, layer_types, include, exclude)
         shapes = {n: tuple(weight_parameter(m).shape) for n, m in modules.items()}
-        densities = layer_densities(shapes, self.density, self.distribution)
+        densities = distribute_density(shapes, self.density, self.distribution)
         for name, shape in shapes.items():
             if densities[name] < 1.0 and _grid_blocks(shape, self.block) < 2:
                 raise ValueError(f"block {self.block} does not fit layer {name!r} of weight shape {shape}: "
@@ -114,7 +111,7 @@ class DynamicSparsity:
         for layer in self.layers:
             scores = (torch.rand(layer.layout.grid, generator=self._generator).to(layer.layout.bitmap.device)
                       if init == "random" else magnitude_scores(layer))
-            bitmap = fill_greedy(scores.flatten(), layer.block_sizes.flatten(),
+            bitmap = fill_greedy(scores.flatten(), layer.layout.block_numel().flatten(),
                                  torch.ones(layer.layout.capacity, dtype=torch.bool,
                                             device=scores.device), self.targets[layer.name])
             commit(layer, bitmap.reshape(layer.layout.grid), zero_new=False)
@@ -162,7 +159,7 @@ class DynamicSparsity:
             if action is not None:
                 event["ddst"] = action
         if self.method != "static" and self.schedule.is_update(iteration):
-            event.update(self.update(iteration))
+            event.update(self.prune_and_regrow(iteration=iteration))
         self._set_dense_dw(self.wants_dense_grad(iteration + 1))
         return event or None
 
@@ -181,17 +178,14 @@ class DynamicSparsity:
     def apply_masks_(self):
         """Zero every managed weight outside its kept blocks."""
         for layer in self.layers:
-            layer.apply_mask_()
+            layer.module.apply_mask_()
 
     # ------------------------------------------------------------------ mask changes
-    def update(self, iteration: int | None = None) -> dict:
-        """One prune/regrow step with the schedule's fraction at ``iteration`` (p0 if None)."""
-        fraction = self.schedule.prune_fraction if iteration is None else self.schedule.fraction(iteration)
-        return self.prune_and_regrow(fraction, iteration)
-
-    def prune_and_regrow(self, fraction: float, iteration: int | None = None,
+    def prune_and_regrow(self, fraction: float | None = None, iteration: int | None = None,
                          selection: str | None = None) -> dict:
         """Prune ``fraction`` of the kept elements by magnitude and regrow as many (``grow``).
+
+        ``fraction`` None: the schedule's at ``iteration`` (its p0 if that is None too).
 
         Regrowth refills the pool's budget (the pruned count plus any earlier shortfall), never
         above it. ``selection`` overrides the engine's for this step: "global" on a per-layer
@@ -199,6 +193,9 @@ class DynamicSparsity:
         Returns (and keeps as ``last_update``) ``{"iteration", "fraction", "grown", "pruned",
         "mask_change"}``: element counts, and grown / kept before the update.
         """
+        if fraction is None:
+            fraction = (self.schedule.prune_fraction if iteration is None
+                        else self.schedule.fraction(iteration))
         selection = choice(selection or self.selection, "selection", SELECTIONS)
         if selection == "global":
             pools = [(self.layers, self.budget)]
@@ -223,13 +220,13 @@ class DynamicSparsity:
         ``selection`` "global" moves one budget over all layers; "per-layer" gives each layer its
         ``distribution`` density at the new target. Defaults: the engine's selection and grow.
         """
-        density = _check_density(density)
+        density = checks.density(density, allow_zero=False)
         selection = choice(selection or self.selection, "selection", SELECTIONS)
         if selection == "global":
             budget = round(density * self.total_numel)
         else:
             shapes = {layer.name: layer.layout.weight_shape for layer in self.layers}
-            dens = layer_densities(shapes, density, self.distribution)
+            dens = distribute_density(shapes, density, self.distribution)
             budget = {layer.name: round(dens[layer.name] * layer.numel) for layer in self.layers}
         stats = self.resize(budget, grow=grow)
         self.density = density
@@ -269,7 +266,7 @@ class DynamicSparsity:
         self.density = self.budget / self.total_numel
         for layer in self.layers:
             self.ever_active[layer.name] |= layer.layout.bitmap
-            layer.apply_mask_()
+            layer.module.apply_mask_()
         for ema in self._emas:
             self.sync_ema(ema)
 
@@ -321,11 +318,13 @@ class DynamicSparsity:
         return sum(layer.kept() for layer in self.layers)
 
     def layer_densities(self) -> dict[str, float]:
+        """Kept fraction of each managed layer now (``{name: density}``)."""
         return {layer.name: layer.kept() / layer.numel for layer in self.layers}
 
     def exploration_rate(self) -> float:
         """Share of the managed weights that have ever been active (ITOP's exploration rate)."""
-        ever = sum(int((layer.block_sizes * self.ever_active[layer.name]).sum()) for layer in self.layers)
+        ever = sum(int((layer.layout.block_numel() * self.ever_active[layer.name]).sum())
+                   for layer in self.layers)
         return ever / self.total_numel
 
     def flops_fraction(self) -> float:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..nn import sparse_layers
-from .checks import choice, number_in
+from ..checks import choice, number_in
 from .criteria import plan_resize
 from .layers import ManagedLayer, commit, make_sparse
 
@@ -67,7 +67,7 @@ def rewind_(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
     masks: survivors take their rewind values, pruned entries stay exactly 0."""
     model.load_state_dict(weights, strict=True)
     for name, module in sparse_layers(model):
-        ManagedLayer(name, module).apply_mask_()
+        module.apply_mask_()
     return model
 
 

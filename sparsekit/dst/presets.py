@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from .checks import choice, positive_int
+from ..checks import choice, positive_int
 
 PAPER_ITERATIONS = 100_000
 PERIOD_FLOOR = 10

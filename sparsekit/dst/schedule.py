@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .checks import choice, number_in, positive_int
+from ..checks import choice, number_in, positive_int
 
 SCHEDULES = ("cosine", "constant")
 MIN_FRACTION_RATIO = 0.005  # cosine floor: eta_min = 0.005 · p0, as the papers' CosineAnnealing

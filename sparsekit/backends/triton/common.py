@@ -1,8 +1,9 @@
 """Address arithmetic shared by the forward, dX and dW kernels (``@triton.jit`` helpers).
 
-Geometry arguments use one naming everywhere (see ``problem.Problem.kernel_args``): input
-``H, W, C_IN``; output ``HO, WO, C_OUT``; kernel ``KH, KW``; stride ``SH, SW``; padding
-``PH, PW``; dilation ``DIL_H, DIL_W``; nearest-upsample factor ``U``. Activations are NHWC and
+Geometry arguments use one naming everywhere (see ``Problem.kernel_args`` in
+``sparsekit/backends/problem.py``): input ``H, W, C_IN``; output ``HO, WO, C_OUT``; kernel
+``KH, KW``; stride ``SH, SW``; padding ``PH, PW``; dilation ``DIL_H, DIL_W``; nearest-upsample
+factor ``U``. Activations are NHWC and
 contiguous; W is ``[C_OUT, K]`` with rows ``W_ROW`` apart and K ordered (kh, kw, c_in).
 Block column ``col`` of the layout is tap ``col // BPT`` and channels ``(col % BPT)·BK + [0, BK)``
 of that tap (``BPT`` = blocks per tap); channels ``>= C_IN`` are masked (narrow last block).

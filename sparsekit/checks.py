@@ -1,4 +1,5 @@
-"""Argument checks shared by the DST modules: each raises ValueError naming the argument."""
+"""Argument checks shared by the layout, the layers and the DST engine: each raises ValueError
+naming the argument and what was expected."""
 
 from __future__ import annotations
 
@@ -24,3 +25,9 @@ def choice(value, name: str, allowed):
     if value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
     return value
+
+
+def density(value, name: str = "density", *, allow_zero: bool = True) -> float:
+    """A fraction of a weight's elements kept: a number in [0, 1] (in (0, 1] without
+    ``allow_zero``)."""
+    return number_in(value, name, 0.0, 1.0, low_open=not allow_zero)
