@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import losses
+from .distributed import SINGLE
 from .loop import run
 from .models import genotype as genotypes
 from .models import weight_parameters
@@ -66,8 +67,9 @@ def preserved_buffers(*modules):
 class SearchTrainer(Trainer):
     """The trainer of a supernet run, plus α's Adam and the architecture rounds."""
 
-    def __init__(self, cfg, data, teacher=None):
-        super().__init__(cfg, data, teacher=teacher)  # always None: Config refuses one
+    def __init__(self, cfg, data, teacher=None, dist=SINGLE):
+        # teacher: always None (Config refuses one); dist: one process (gan.train refuses more)
+        super().__init__(cfg, data, teacher=teacher, dist=dist)
         self.alphas = self.G.arch_parameters()  # a supernet's: Config.validate saw to it
         self.opt_arch = torch.optim.Adam(self.alphas, lr=cfg.lr_arch, betas=ARCH_BETAS,
                                          weight_decay=ARCH_WEIGHT_DECAY)
