@@ -51,9 +51,10 @@ class Config:
     width: float = _h("channel-width multiplier of both networks", default=0.5)
     data: str = _h(f"dataset: {data_specs()} (gan/data.py says what each is)", default="digits")
     steps: int = _h("total generator iterations", default=800)
-    batch_size: int = _h("images per batch (real and fake)", default=64)
-    n_dis: Optional[int] = _h("discriminator steps per generator step (default: " + ", ".join(
-        f"{n} for {m}" for m, n in N_DIS.items()) + ")", default=None)
+    batch_size: int = _h("images per batch (real and fake); under torchrun the global batch, split "
+                         "evenly over the processes", default=64)
+    n_dis: Optional[int] = _h("discriminator steps per generator step", shown=", ".join(
+        f"{n} for {m}" for m, n in N_DIS.items()) + ", 5 for the alphagan models", default=None)
     loss: str = _h(f"GAN loss: {', '.join(LOSSES)}", default="hinge")
     lr_g: float = _h("generator Adam learning rate", default=2e-4)
     lr_d: float = _h("discriminator Adam learning rate", default=2e-4)
@@ -68,9 +69,9 @@ class Config:
                     "the reference backend)", default="16x16")
     distribution: Optional[str] = _h("per-layer densities: erk or uniform", default=None)
     sparse_layers: Optional[str] = _h("weights the DST engines manage, for equal budgets across "
-                                      "methods: 'convs' or 'all' (convs and linears); default: "
-                                      "the method preset's (stu-gan, lottery: convs; others: all)",
-                                      default=None)
+                                      "methods: 'convs' or 'all' (convs and linears)",
+                                      shown="the preset's: convs for stu-gan and lottery, all for "
+                                            "the others", default=None)
     update_every: Optional[int] = _h("mask-update period ΔT in generator iterations (never scaled)",
                                      default=None)
     prune_fraction: Optional[float] = _h("initial prune fraction p0 of each mask update", default=None)
@@ -92,19 +93,19 @@ class Config:
                         "bf16 on CUDA, on the fp32 kernels on CPU)", default="fp32")
     device: str = _h("cpu or cuda", default="cpu")
     seed: int = _h("seed of everything (init, masks, data order, noise)", default=0)
-    eval_every: Optional[int] = _h("evaluate every N iterations (default: steps/4; 0: only at the end)",
-                                   default=None)
+    eval_every: Optional[int] = _h("evaluate every N iterations (0: only at the end)",
+                                   shown="steps/4", default=None)
     eval_samples: int = _h("generated images per evaluation", default=1000)
     metrics: str = _h(f"comma-separated metrics: {', '.join(METRICS)}; fd is the Fréchet distance "
                       "in a classifier trained on half of --data, against the other half, "
                       "reported as fd_<data> (fd_digits, fd_cifar10, fd_folder); fid/is need "
                       "--inception-weights", default="fd,coverage")
     inception_weights: Optional[str] = _h("local torch-fidelity InceptionV3 weights file for fid/is",
-                                          default=None)
-    sample_every: Optional[int] = _h("write a sample grid every N iterations (default: steps/8)",
+                                          shown="none", default=None)
+    sample_every: Optional[int] = _h("write a sample grid every N iterations", shown="steps/8",
                                      default=None)
-    ckpt_every: Optional[int] = _h("checkpoint every N iterations (default: steps/4); always at the end",
-                                   default=None)
+    ckpt_every: Optional[int] = _h("checkpoint every N iterations; always at the end",
+                                   shown="steps/4", default=None)
     log_every: int = _h("log losses every N iterations", default=10)
     tensorboard: bool = _h("also write TensorBoard logs (needs the tensorboard package)", default=False)
     search_inner: int = _h("alphagan-search: weight steps (D steps; G steps after every "
@@ -116,7 +117,7 @@ class Config:
                            "duality gap in each round", default=20)
     lr_arch: float = _h("alphagan-search: learning rate of α's Adam (betas (0.5, 0.999), weight "
                         "decay 1e-3)", default=3e-4)
-    rounds: int = _h("lottery: IMP rounds after the dense round (default: the paper's 10)",
+    rounds: int = _h("lottery: IMP rounds after the dense round (the paper's 10)",
                      default=IMPPreset.rounds)
     prune_rate: float = _h("lottery: share of the remaining weights pruned per round (the "
                            "paper's 0.2)", default=IMPPreset.rate)
