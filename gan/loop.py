@@ -30,7 +30,6 @@ def finite(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-
 class RunLog:
     """CSV + JSONL (+ optional TensorBoard) writers of one run directory."""
 
@@ -79,11 +78,10 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
 
     ``resume`` continues from ``out``'s checkpoint — ``state`` when the caller has already loaded
     it (``gan.train`` validates it before training), else read here; ``teacher``, the loaded
-    ``--teacher`` (gan.teacher), likewise. ``setup(trainer)`` runs once
-    before training (e.g. to install a lottery ticket); ``on_step(trainer)`` after every
-    iteration. ``trainer_cls``: a Trainer subclass (the AlphaGAN search's).
-    iteration. ``dist`` (``gan.distributed``): this process's rank; only rank 0 touches ``out``
-    (its summary alone carries metrics) — see ``gan.distributed``.
+    ``--teacher`` (gan.teacher), likewise. ``setup(trainer)`` runs once before training (e.g. to
+    install a lottery ticket); ``on_step(trainer)`` after every iteration. ``trainer_cls``: a
+    Trainer subclass (the AlphaGAN search's). ``dist`` (``gan.distributed``): this process's
+    rank; only rank 0 touches ``out`` (its summary alone carries metrics).
     """
     main = dist.is_main
     if main:

@@ -356,10 +356,7 @@ void pack_transpose(const Problem& p, const Index& ix, int nv, const float* w, f
   }
 }
 
-// One tile of MR input pixels × channel blocks [cb_begin, cb_end). For each term (a tap, and
-// with upsampling a sub-pixel) `a` holds MR pointers to the dy rows the pixels receive from
-// (a zero row where none), term_tap its tap, term_ok whether any pixel receives.
-// grad_input_pass: input channels [cb·bk + h·NVT·VL, + NVT·VL) (pass h of tile_shape).
+// Input channels [cb·bk + h·NVT·VL, + NVT·VL) of the tile's pixels (pass h of tile_shape).
 template <int MR, int NVT, int NV>
 void grad_input_pass(const Problem& p, const Index& ix, const float* const* a,
                      const int64_t* term_tap, const bool* term_ok, int64_t terms,
@@ -395,6 +392,9 @@ void grad_input_pass(const Problem& p, const Index& ix, const float* const* a,
       store_partial(dx_tile + m * pixel_stride + c0 + v * VL, acc[m][v], width - v * VL);
 }
 
+// One tile of MR input pixels × channel blocks [cb_begin, cb_end). For each term (a tap, and
+// with upsampling a sub-pixel) `a` holds MR pointers to the dy rows the pixels receive from
+// (a zero row where none), term_tap its tap, term_ok whether any pixel receives.
 template <int MR, int NV>
 void grad_input_tile(const Problem& p, const Index& ix, const float* const* a,
                      const int64_t* term_tap, const bool* term_ok, int64_t terms,
