@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -19,8 +20,8 @@ from sparsekit.dst.presets import PRESETS, IMPPreset
 from . import models
 from .data import specs as data_specs
 from .losses import LOSSES
-from .metrics.suite import METRICS, canonical_metrics
-from .models import MODELS, N_DIS
+from .metrics.suite import METRIC_IMAGES, METRICS, canonical_metrics
+from .models import MODELS, N_DIS, RESOLUTIONS
 
 # No DST engine: dgl = a dense student with --teacher; alphagan-search trains a supernet dense.
 DENSE_METHODS = ("dense", "dgl", "alphagan-search")
@@ -50,6 +51,13 @@ class Config:
                     "SNGAN D)", default="dcgan")
     width: float = _h("channel-width multiplier of both networks", default=0.5)
     data: str = _h(f"dataset: {data_specs()} (gan/data.py says what each is)", default="digits")
+    resolution: int = _h("image side R: the data are resized to R×R and both networks built for "
+                         f"it; one of {', '.join(map(str, RESOLUTIONS))} (the alphagan models: "
+                         "32 only)", default=32)
+    workers: Optional[int] = _h("DataLoader worker processes per training process that decode "
+                                "--data's images (0: decode in the training process)",
+                                shown="min(4, CPU cores / processes) for folder: data, 0 for "
+                                      "data held in memory (digits, cifar10)", default=None)
     steps: int = _h("total generator iterations", default=800)
     batch_size: int = _h("images per batch (real and fake); under torchrun the global batch, split "
                          "evenly over the processes", default=64)
@@ -96,6 +104,9 @@ class Config:
     eval_every: Optional[int] = _h("evaluate every N iterations (0: only at the end)",
                                    shown="steps/4", default=None)
     eval_samples: int = _h("generated images per evaluation", default=1000)
+    metric_images: int = _h("real images the metrics read: a fixed random subset when --data has "
+                            "more (fd's classifier trains on one half of them, its real side is "
+                            "the other half)", default=METRIC_IMAGES)
     metrics: str = _h(f"comma-separated metrics: {', '.join(METRICS)}; fd is the Fréchet distance "
                       "in a classifier trained on half of --data, against the other half, "
                       "reported as fd_<data> (fd_digits, fd_cifar10, fd_folder); fid/is need "
@@ -140,6 +151,12 @@ class Config:
     def resolved_n_dis(self):
         return self.n_dis if self.n_dis is not None else models.default_n_dis(self.model)
 
+    def resolved_workers(self, data, world_size: int = 1) -> int:
+        """``--workers``, or its default for ``data`` (an ImageData) with ``world_size`` processes."""
+        if self.workers is not None:
+            return self.workers
+        return min(4, max(1, (os.cpu_count() or 1) // world_size)) if data.decodes_files else 0
+
     def period(self, value, fraction):
         return value if value is not None else max(1, self.steps // fraction)
 
@@ -160,7 +177,7 @@ class Config:
             raise ValueError(f"--distribution must be erk or uniform, got {self.distribution!r}")
         if self.sparse_layers not in (None, "convs", "all"):
             raise ValueError(f"--sparse-layers must be convs or all, got {self.sparse_layers!r}")
-        positive = ["steps", "batch_size", "eval_samples", "log_every"]
+        positive = ["steps", "batch_size", "eval_samples", "log_every", "metric_images"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -168,6 +185,8 @@ class Config:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.eval_every is not None and self.eval_every < 0:
             raise ValueError(f"--eval-every must be >= 0, got {self.eval_every}")
         for name in ("g_density", "d_density"):
@@ -218,8 +237,11 @@ class Config:
         return self.stage1_steps if self.stage1_steps is not None else self.steps // 2
 
     def _validate_model_and_search(self):
+        if self.resolution not in RESOLUTIONS:
+            raise ValueError(f"--resolution must be one of {', '.join(map(str, RESOLUTIONS))}, "
+                             f"got {self.resolution}")
         try:
-            models.check(self.model)
+            models.check(self.model, self.resolution)
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"--model: {e}") from None
         searching = self.method == "alphagan-search"

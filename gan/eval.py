@@ -33,7 +33,9 @@ def main(argv=None):
     names = tuple(args.metrics.split(",")) if args.metrics else trainer.cfg.metric_names()
     weights = args.inception_weights or trainer.cfg.inception_weights
     try:
-        result = evaluate(trainer.sample(args.samples), trainer.data, names, weights)
+        cfg = trainer.cfg
+        result = evaluate(trainer.sample(args.samples), trainer.data, names, weights,
+                          cfg.metric_images, cfg.resolved_workers(trainer.data))
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     print(json.dumps({"iteration": trainer.iteration, **result}, indent=2))

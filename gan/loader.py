@@ -8,13 +8,15 @@ An epoch is ⌊N / B⌋ batches at every W (the tail that does not fill a global
 The position — (epoch, global batches consumed in it) — therefore means the same at every world
 size, which is what lets ``--resume`` change the number of processes.
 
-A batch is ``[b, 3, H, W]`` float32 in [-1, 1], on the CPU (pinned when asked).
+A batch is ``[b, 3, R, R]`` float32 in [-1, 1], on the CPU (pinned when asked). Data that decode
+files (``folder:``) are decoded by ``workers`` persistent worker processes per rank, which
+prefetch the next batches while the step runs.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from .data import ImageData
 
@@ -25,20 +27,6 @@ def local_batch(batch_size: int, world_size: int) -> int:
         raise ValueError(f"--batch-size {batch_size} is the global batch and must be divisible "
                          f"by the number of processes ({world_size})")
     return batch_size // world_size
-
-
-class Images(Dataset):
-    """The images of an in-memory :class:`ImageData` as a map-style ``Dataset`` (item: one
-    ``[3, H, W]`` image)."""
-
-    def __init__(self, data: ImageData):
-        self.images = data.images
-
-    def __len__(self):
-        return self.images.shape[0]
-
-    def __getitem__(self, index):
-        return self.images[index]
 
 
 class _ResumableSampler(DistributedSampler):
@@ -66,22 +54,25 @@ class InfiniteBatches:
         seed: seeds the epoch permutations (``seed + epoch``).
         rank, world_size: this process's place (0 and 1 in a single process).
         pin_memory: pin batches for a fast, asynchronous copy to a GPU.
+        workers: DataLoader worker processes (0: decode in this process).
     """
 
     def __init__(self, data: ImageData, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, pin_memory: bool = False):
+                 world_size: int = 1, pin_memory: bool = False, workers: int = 0):
         if batch_size > len(data):
             raise ValueError(f"batch size {batch_size} exceeds the dataset's {len(data)} images")
         self.local_batch = local_batch(batch_size, world_size)
-        self.sampler = _ResumableSampler(Images(data), world_size, rank, seed)
+        self.sampler = _ResumableSampler(data.items, world_size, rank, seed)
         # The loader's own generator: creating an iterator then never draws from torch's global RNG.
-        self.loader = DataLoader(self.sampler.dataset, batch_size=self.local_batch, sampler=self.sampler,
-                                 drop_last=True, pin_memory=pin_memory, generator=torch.Generator())
+        # Persistent workers: an epoch boundary or a resume does not restart the processes.
+        self.loader = DataLoader(data.items, batch_size=self.local_batch, sampler=self.sampler,
+                                 drop_last=True, pin_memory=pin_memory, generator=torch.Generator(),
+                                 num_workers=workers, persistent_workers=workers > 0)
         self.epoch, self.position = 0, 0
         self._batches = None
 
     def next(self) -> torch.Tensor:
-        """The next batch ``[B / world_size, 3, H, W]`` of this rank."""
+        """The next batch ``[B / world_size, 3, R, R]`` of this rank."""
         if self._batches is None:
             self._start()
         batch = next(self._batches, None)

@@ -86,7 +86,7 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
     main = dist.is_main
     if main:
         os.makedirs(out, exist_ok=True)
-    data = data if data is not None else load_data(cfg.data)
+    data = data if data is not None else load_data(cfg.data, cfg.resolution)
     trainer = trainer_cls(cfg, data, teacher=teacher, dist=dist)
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if resume:
@@ -125,7 +125,8 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
                 save_grid(grid, os.path.join(out, "samples", "latest.png"), nrow=8)
             if main and ((eval_every and it % eval_every == 0) or it == cfg.steps):
                 metrics = evaluate(trainer.sample(cfg.eval_samples), data, cfg.metric_names(),
-                                   cfg.inception_weights)
+                                   cfg.inception_weights, cfg.metric_images,
+                                   cfg.resolved_workers(data))
                 log.metrics(it, metrics)
                 bar.write(f"[{it}] " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             if main and (it % ckpt_every == 0 or it == cfg.steps):

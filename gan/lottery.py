@@ -25,7 +25,7 @@ from .loop import run
 
 
 def run_lottery(cfg, out, data=None, teacher=None, dist=SINGLE):
-    data = data if data is not None else load_data(cfg.data)
+    data = data if data is not None else load_data(cfg.data, cfg.resolution)
     rounds, ticket, rewind = [], None, {}
 
     scope = get_preset("lottery").imp.scope

@@ -16,6 +16,6 @@ def restore(path: str, data_spec: str | None = None) -> Trainer:
     state = checkpoint.load(path)
     known = {f.name for f in dataclasses.fields(Config)}
     cfg = Config(**{k: v for k, v in state["config"].items() if k in known})
-    trainer = Trainer(cfg, load_data(data_spec or cfg.data), load_teacher=False)
+    trainer = Trainer(cfg, load_data(data_spec or cfg.data, cfg.resolution), load_teacher=False)
     trainer.load_state_dict(state)
     return trainer

@@ -54,7 +54,7 @@ def rebuild_network(cfg: Config, which: str, state_dict: dict) -> nn.Module:
     ``cfg``'s block, spectral norm on D, weights, masks and buffers loaded (strictly; a mismatch
     raises RuntimeError). The global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
-        G, D = build(cfg.model, cfg.width)
+        G, D = build(cfg.model, cfg.width, resolution=cfg.resolution)
     net = G if which == "G" else D
     sparse = [k[:-len(_BITMAP)] for k in state_dict if k.endswith(_BITMAP)]
     if sparse:
@@ -86,15 +86,15 @@ def network_cost(model: nn.Module, example: torch.Tensor) -> dict:
     return {"params": params, "macs": macs}
 
 
-def _costs(G: nn.Module, D: nn.Module) -> dict:
+def _costs(G: nn.Module, D: nn.Module, resolution: int) -> dict:
     device = next(G.parameters()).device
     return {"G": network_cost(G, torch.zeros(1, G.z_dim, device=device)),
-            "D": network_cost(D, torch.zeros(1, 3, 32, 32, device=device))}
+            "D": network_cost(D, torch.zeros(1, 3, resolution, resolution, device=device))}
 
 
 @dataclasses.dataclass
 class Teacher:
-    """A frozen teacher discriminator ``D`` (images ``[B, 3, 32, 32]`` → logits ``[B]``), the
+    """A frozen teacher discriminator ``D`` (images ``[B, 3, R, R]`` → logits ``[B]``), the
     file it came from, and the parameters/MACs of the teacher run's G and D."""
 
     D: nn.Module
@@ -127,7 +127,10 @@ class Teacher:
         if teacher_kind != student_kind:
             raise TeacherError(f"{where}: its discriminator was trained on --data {tcfg.data!r}, "
                                f"this run trains on {cfg.data!r}")
-        probe = data.images[:2]
+        if tcfg.resolution != cfg.resolution:
+            raise TeacherError(f"{where}: its discriminator was trained at --resolution "
+                               f"{tcfg.resolution}, this run trains at {cfg.resolution}")
+        probe = data.gather(range(2))
         try:
             with torch.no_grad():
                 logits = D.eval()(probe)
@@ -139,7 +142,7 @@ class Teacher:
                                f"{tuple(logits.shape)} for {len(probe)} images, expected "
                                f"({len(probe)},)")
         D.requires_grad_(False)
-        return cls(D, path, sha256, _costs(G, D))
+        return cls(D, path, sha256, _costs(G, D, tcfg.resolution))
 
 
 def check_resume(state: dict, teacher: Teacher | None):
@@ -182,6 +185,7 @@ class Distillation:
         if teacher is not None:
             teacher.D.to(device)
         self.weight, self.kind, self.loss = cfg.teacher_weight, cfg.teacher_term, cfg.loss
+        self.resolution = cfg.resolution
         self.stage1_steps = cfg.resolved_stage1_steps()
 
     def stage(self, iteration: int) -> int:
@@ -190,7 +194,7 @@ class Distillation:
 
     def generator_loss(self, g_loss: torch.Tensor, fake: torch.Tensor, iteration: int):
         """``(loss to backpropagate, teacher term or None)`` for G's step at ``iteration`` on the
-        fake batch ``fake`` ``[B, 3, 32, 32]``; ``g_loss`` is G's loss on the student D."""
+        fake batch ``fake`` ``[B, 3, R, R]``; ``g_loss`` is G's loss on the student D."""
         if self.stage(iteration) == 1:
             return g_loss, None
         if self.teacher is None:
@@ -218,7 +222,7 @@ class Distillation:
         """summary.json's ``distillation``: the teacher, the term, and student/teacher ratios of
         parameters and forward FLOPs per image (kept weights × output positions: theoretical, as
         the papers count sparse FLOPs) of G and D."""
-        student = _costs(G, D)
+        student = _costs(G, D, self.resolution)
         teacher = self.teacher.cost
 
         def ratio(key):

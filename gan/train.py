@@ -14,8 +14,8 @@ embedded digits, on CPU, in a few minutes. The run directory (``--out``, default
 ``--method alphagan-search`` also writes ``search.csv`` and ``genotype.json`` (gan.search).
 ``--teacher CKPT`` adds DGL-GAN's frozen teacher discriminator to G's loss (see gan.teacher).
 
-``--resume DIR`` continues DIR's run with its saved configuration; only ``--steps`` may change
-(and the launch: the number of processes and the multi-process flags).
+``--resume DIR`` continues DIR's run with its saved configuration; only ``--steps`` and
+``--workers`` may change (and the launch: the number of processes and the multi-process flags).
 
 Under ``torchrun --nproc_per_node N -m gan.train ...`` the run trains data-parallel on N
 processes (``gan.distributed``): --batch-size is the global batch, each process gets
@@ -52,15 +52,15 @@ def parse(argv=None):
         prog="python -m gan.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="run directory (default: runs/<method>-<model>-s<seed>)")
-    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (only --steps may change)")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR (only --steps and --workers may change)")
     add_arguments(parser)
     distributed.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         if args.resume:
-            extra = [f for f in given_flags(args) if f != "steps"]
+            extra = [f for f in given_flags(args) if f not in ("steps", "workers")]
             if extra or args.out:
-                parser.error(f"--resume takes only --steps; also given: "
+                parser.error(f"--resume takes only --steps and --workers; also given: "
                              f"{', '.join('--' + f.replace('_', '-') for f in extra + (['out'] if args.out else []))}")
             config_path = os.path.join(args.resume, "config.json")
             if not os.path.isfile(config_path):
@@ -80,7 +80,7 @@ def preflight(cfg: Config, out: str, resume: bool):
     CheckpointError with a message naming the flag; returns the loaded data, checkpoint (None
     unless resuming) and teacher (None without --teacher), for ``run`` to use rather than read
     again."""
-    data = load_data(cfg.data)
+    data = load_data(cfg.data, cfg.resolution)
     if set(cfg.metric_names()) & {"fid", "is"} and not (
             cfg.inception_weights and os.path.isfile(cfg.inception_weights)):
         raise FileNotFoundError(f"--inception-weights: fid/is need a local InceptionV3 weights "

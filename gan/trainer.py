@@ -62,7 +62,7 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.n_dis = cfg.resolved_n_dis()
         torch.manual_seed(cfg.seed)
-        G, D = build(cfg.model, cfg.width)
+        G, D = build(cfg.model, cfg.width, resolution=cfg.resolution)
         self.G, self.D = G.to(self.device), D.to(self.device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_G = torch.optim.Adam(weight_parameters(self.G), lr=cfg.lr_g, betas=betas)
@@ -99,8 +99,12 @@ class Trainer:
         # The forward passes whose gradients are averaged over ranks (the modules themselves in
         # one process); G's step runs D itself, whose weights need no gradient there.
         self.ddp_G, self.ddp_D = dist.wrap(self.G), dist.wrap(self.D)
+        if data.resolution != cfg.resolution:
+            raise ValueError(f"the data are {data.resolution}×{data.resolution}, the run's "
+                             f"--resolution is {cfg.resolution}")
         self.batches = InfiniteBatches(data, cfg.batch_size, cfg.seed, dist.rank, dist.world_size,
-                                       pin_memory=self.device.type == "cuda")
+                                       pin_memory=self.device.type == "cuda",
+                                       workers=cfg.resolved_workers(data, dist.world_size))
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
         self.fixed_z = torch.randn(64, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
         self.iteration = 0
@@ -233,7 +237,7 @@ class Trainer:
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, n=None, z=None, batch=250) -> torch.Tensor:
-        """Images [n, 3, 32, 32] in [-1, 1] from the EMA generator (G itself without EMA)."""
+        """Images [n, 3, R, R] in [-1, 1] from the EMA generator (G itself without EMA)."""
         net = self.ema if self.ema is not None else self.G
         was_training = net.training
         net.eval()

@@ -23,9 +23,10 @@ from torch import nn
 import sparsekit
 from gan import checkpoint, distributed
 from gan.config import Config
-from gan.data import load
+from gan.data import ImageData, TensorImages, load
 from gan.loader import InfiniteBatches
 from gan.loop import run
+from gan.metrics import evaluate
 from gan.lottery import run_lottery
 from gan.train import main
 from sparsekit.dst import DynamicSparsity
@@ -139,6 +140,39 @@ def _methods_worker(ctx, tmp):
 
 def test_every_method_keeps_masks_and_weights_identical_on_two_ranks(tmp_path):
     spawn(_methods_worker, str(tmp_path), options=["--check-masks-every", "1"])
+
+
+# ---------------------------------------------------------------------------------- data and metrics
+def _folder_and_metrics_worker(ctx, folder, cache):
+    """Decoding DataLoader workers under a process group keep the ranks in step; rank 0's metrics
+    (torchmetrics underneath) run without any collective, as the other rank never joins one."""
+    os.environ["SPARSEKIT_CACHE"] = cache
+    cfg = Config(**dict(TINY, method="rigl", steps=3, update_every=2, data=f"folder:{folder}",
+                        resolution=16, workers=1))
+    _, trainer = run(cfg, os.path.join(folder, "..", f"run{ctx.rank}"), dist=ctx)
+    _all_equal(ctx, _fingerprint(trainer), "folder data: weights, masks or engine states")
+    if ctx.rank == 0:
+        def forbidden(*args, **kwargs):
+            raise AssertionError("rank 0's metrics started a collective the other ranks never join")
+
+        real = (tdist.barrier, tdist.all_gather, tdist.all_reduce)
+        tdist.barrier = tdist.all_gather = tdist.all_reduce = forbidden
+        try:
+            result = evaluate(trainer.sample(16), trainer.data, ("fd", "coverage"))
+        finally:
+            tdist.barrier, tdist.all_gather, tdist.all_reduce = real
+        assert set(result) == {"fd_folder", "coverage", "coverage_kl"}
+    tdist.barrier()
+
+
+def test_folder_data_with_workers_and_rank0_metrics_on_two_ranks(tmp_path):
+    from PIL import Image
+
+    for i in range(24):
+        (tmp_path / "images" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), (10 * i, 255 - 10 * i, 80 * (i % 2))).save(
+            tmp_path / "images" / f"c{i % 2}" / f"{i}.png")
+    spawn(_folder_and_metrics_worker, str(tmp_path / "images"), str(tmp_path / "cache"))
 
 
 # ---------------------------------------------------------------------------------- 2 ranks = 1 rank
@@ -267,8 +301,9 @@ def test_torchrun_run_writes_once_and_resumes_on_one_process(tmp_path):
 def test_sharded_batches_union_is_the_global_batch_at_any_world_size():
     """Global batch k is the same set of images for 1, 2 and 4 ranks, across an epoch boundary,
     and a position saved at one world size continues at another."""
-    data = load("digits")
-    data.images = torch.arange(len(data), dtype=torch.float32)[:, None, None, None]  # image i = i
+    digits = load("digits")
+    image_ids = torch.arange(len(digits), dtype=torch.float32)[:, None, None, None]
+    data = ImageData(TensorImages(image_ids), digits.labels, 10, "ids", 1)  # image i = i
 
     def batches(world, steps, state=None):
         ranks = [InfiniteBatches(data, 64, seed=5, rank=r, world_size=world) for r in range(world)]

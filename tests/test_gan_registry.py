@@ -20,7 +20,7 @@ from torch import nn
 N_DIS = 3
 
 
-def build_pair(width, z_dim):
+def build_pair(width, z_dim, resolution):
     return nn.Linear(z_dim, 4), nn.Linear(4, 1)
 '''
 
@@ -41,7 +41,7 @@ def test_a_new_model_is_one_module(monkeypatch, tmp_path):
     try:
         found = gan.models._find_models()
         assert list(found) == ["dcgan", "sngan", "toy"] and found["toy"].N_DIS == 3
-        assert found["toy"].build_pair(1.0, 8)[0].in_features == 8
+        assert found["toy"].build_pair(1.0, 8, 32)[0].in_features == 8
     finally:
         sys.modules.pop("gan.models.toy", None)
 
@@ -50,13 +50,14 @@ def test_a_new_dataset_is_one_function(monkeypatch):
     monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
 
     @data.dataset("noise", takes_path=True)
-    def load_noise(seed):
+    def load_noise(seed, resolution):
         g = torch.Generator().manual_seed(int(seed))
-        images = torch.rand(8, 3, 32, 32, generator=g) * 2 - 1
+        images = torch.rand(8, 3, resolution, resolution, generator=g) * 2 - 1
         return data.ImageData(images, torch.zeros(8, dtype=torch.int64), 1, f"noise:{seed}")
 
     assert data.specs() == "'digits', 'cifar10:/path', 'folder:/path' or 'noise:/path'"
     assert len(data.load("noise:3")) == 8
+    assert data.load("noise:3", resolution=16).gather([0, 1]).shape == (2, 3, 16, 16)
     for bad in ("noise", "digits:x", "svhn:/x"):
         with pytest.raises(ValueError, match="'noise:/path', got"):
             data.load(bad)

@@ -1,9 +1,11 @@
 """A small classifier of the run's own data whose features make a weights-free quality metric.
 
-The data are split once, by a fixed seed, into halves (:func:`metric_split`): the classifier is
-trained on the first (~10 s for the embedded digits on 2 CPU cores) and the metric's real-side
-statistics come from the second, held out, so the features are not fitted to the very images
-they describe. The network is cached under ``$SPARSEKIT_CACHE`` (default
+The metrics read a bounded set of real images (:func:`metric_subset`: every image up to
+``--metric-images``, else a fixed random subset of that many), downsampled to the classifier's
+32×32. That set is split once, by a fixed seed, into halves (:func:`metric_split`): the
+classifier is trained on the first (~10 s for the embedded digits on 2 CPU cores) and the
+metric's real-side statistics come from the second, held out, so the features are not fitted to
+the very images they describe. The network is cached under ``$SPARSEKIT_CACHE`` (default
 ``~/.cache/sparsekit``), keyed by a hash of the data and of this version, so every run measures
 with the same network.
 """
@@ -19,6 +21,16 @@ from torch import nn
 
 VERSION = 2  # 2: trained on the first half of metric_split (1: on 90 % of every image)
 FEATURES = 128
+RESOLUTION = 32  # the classifier's input side; other images are resized to it
+
+
+def to_classifier_resolution(images: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, R, R]`` → ``[N, 3, 32, 32]`` (bilinear, antialiased when shrinking; unchanged at
+    R = 32)."""
+    if images.shape[-1] == RESOLUTION:
+        return images
+    return F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="bilinear", align_corners=False,
+                         antialias=images.shape[-1] > RESOLUTION)
 
 
 class DigitFeatures(nn.Module):
@@ -44,6 +56,14 @@ def _cache_path(images):
     root = os.environ.get("SPARSEKIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "sparsekit"))
     digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
     return os.path.join(root, f"digit_classifier_v{VERSION}_{digest}.pt")
+
+
+def metric_subset(n, limit, seed=0):
+    """Indices of the real images the metrics read: all ``n`` when ``n <= limit``, else a fixed
+    random ``limit`` of them (in index order)."""
+    if n <= limit:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
 
 
 def metric_split(n, seed=0):
@@ -84,10 +104,11 @@ def _fit(model, opt, images, labels, train, epochs, g):
             opt.step()
 
 
-def load_or_train_classifier(data):
-    """The cached classifier for ``data`` (an ``ImageData``), training and caching it if needed."""
-    path = _cache_path(data.images)
-    model = DigitFeatures(data.num_classes)
+def load_or_train_classifier(images, labels, num_classes):
+    """The cached classifier of ``images [N, 3, 32, 32]`` with ``labels [N]`` (the metric set),
+    training and caching it if needed; returns (model, held-out accuracy)."""
+    path = _cache_path(images)
+    model = DigitFeatures(num_classes)
     if os.path.isfile(path):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -96,7 +117,7 @@ def load_or_train_classifier(data):
             return model, state["accuracy"]
         except (RuntimeError, KeyError, EOFError):
             pass  # a stale or corrupt cache entry is rebuilt below
-    model, acc = train_classifier(data.images, data.labels, data.num_classes)
+    model, acc = train_classifier(images, labels, num_classes)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + f".tmp{os.getpid()}"
     torch.save({"model": model.state_dict(), "accuracy": acc}, tmp)

@@ -1,4 +1,9 @@
-"""Fréchet distance between two feature sets, via torchmetrics' streaming implementation."""
+"""Fréchet distance between two feature sets, via torchmetrics' streaming implementation.
+
+Every torchmetrics metric here is built with ``sync_on_compute=False``: under torchrun only rank
+0 evaluates, and a metric that gathered its state over the process group would wait forever for
+ranks that never call it.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     if features_a.dim() != 2 or features_b.dim() != 2 or features_a.shape[1] != features_b.shape[1]:
         raise ValueError(f"features must be [N, F] and [M, F], got {tuple(features_a.shape)} and "
                          f"{tuple(features_b.shape)}")
-    metric = FrechetInceptionDistance(feature=_Identity(features_a.shape[1]), normalize=True)
+    metric = FrechetInceptionDistance(feature=_Identity(features_a.shape[1]), normalize=True,
+                                      sync_on_compute=False)
     metric.update(features_a.double(), real=True)
     metric.update(features_b.double(), real=False)
     return float(metric.compute())

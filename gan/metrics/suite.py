@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 import os
 import warnings
+import weakref
 
 import torch
 
-from .classifier import load_or_train_classifier, metric_split
+from .classifier import load_or_train_classifier, metric_split, metric_subset, to_classifier_resolution
 from .frechet import frechet_distance
 
 METRICS = ("fd", "coverage", "fid", "is")
+METRIC_IMAGES = 10_000  # --metric-images' default
+_CLASSIFIER_SETS = weakref.WeakKeyDictionary()  # {ImageData: {limit: (images 32², labels)}}
 
 
 def fd_name(data_name):
@@ -50,6 +53,23 @@ def _batched(fn, images, batch=256):
     return torch.cat([fn(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
+def _chunks(indices, size):
+    return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+def classifier_set(data, limit=METRIC_IMAGES, workers=0):
+    """``(images [n, 3, 32, 32], labels [n])``: ``data``'s metric subset (``metric_subset``) at
+    the classifier's resolution, decoded once per data and limit and then kept (n ≤ ``limit``:
+    123 MB at 10k images, whatever the data's resolution)."""
+    sets = _CLASSIFIER_SETS.setdefault(data, {})
+    if limit not in sets:
+        indices = metric_subset(len(data), limit)
+        images = torch.cat([to_classifier_resolution(data.gather(chunk, workers))
+                            for chunk in _chunks(indices, 2048)])
+        sets[limit] = (images, data.labels[indices])
+    return sets[limit]
+
+
 def _inception(path, features_list):
     from torchmetrics.image.fid import NoTrainInceptionV3
 
@@ -61,8 +81,9 @@ def _to_uint8(images):
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def inception_metrics(real, fake, weights_path, names):
-    """FID (``fid``) and Inception Score (``is``) with InceptionV3 weights from ``weights_path``."""
+def inception_metrics(real_batches, fake, weights_path, names):
+    """FID (``fid``) and Inception Score (``is``) with InceptionV3 weights from ``weights_path``;
+    ``real_batches``: an iterable of real image batches ``[b, 3, R, R]`` (read only for fid)."""
     if not weights_path or not os.path.isfile(weights_path):
         raise FileNotFoundError(
             f"fid/is need torch-fidelity's InceptionV3 weights file (--inception-weights); "
@@ -77,16 +98,17 @@ def inception_metrics(real, fake, weights_path, names):
                       stacklevel=3)
     out = {}
     if "fid" in names:
-        fid = FrechetInceptionDistance(feature=_inception(weights_path, ["2048"]))
-        for i in range(0, len(real), 100):
-            fid.update(_to_uint8(real[i:i + 100]), real=True)
+        fid = FrechetInceptionDistance(feature=_inception(weights_path, ["2048"]),
+                                       sync_on_compute=False)  # rank 0 alone (frechet.py)
+        for real in real_batches:
+            fid.update(_to_uint8(real), real=True)
         for i in range(0, len(fake), 100):
             fid.update(_to_uint8(fake[i:i + 100]), real=False)
         out["fid"] = float(fid.compute())
     if "is" in names:
         # 10 splits, the convention since Salimans et al. (fewer when there are too few images)
         score = InceptionScore(feature=_inception(weights_path, ["logits_unbiased"]),
-                               splits=max(1, min(10, len(fake) // 100)))
+                               splits=max(1, min(10, len(fake) // 100)), sync_on_compute=False)
         for i in range(0, len(fake), 100):
             score.update(_to_uint8(fake[i:i + 100]))
         out["is"] = float(score.compute()[0])
@@ -94,25 +116,32 @@ def inception_metrics(real, fake, weights_path, names):
 
 
 @torch.no_grad()
-def evaluate(fake_images, data, names=("fd", "coverage"), inception_weights=None):
-    """Metrics of ``fake_images [N, 3, 32, 32]`` in [-1, 1] against ``data`` (an ImageData).
-    ``fd``'s real side is the held-out half of ``metric_split`` (the classifier never saw it)."""
+def evaluate(fake_images, data, names=("fd", "coverage"), inception_weights=None,
+             metric_images=METRIC_IMAGES, workers=0):
+    """Metrics of ``fake_images [N, 3, R, R]`` in [-1, 1] against ``data`` (an ImageData of
+    resolution R), on at most ``metric_images`` real images (``metric_subset``; decoded by
+    ``workers`` processes). ``fd``'s real side is the held-out half of ``metric_split`` (the
+    classifier never saw it); ``fid`` reads the whole subset at R."""
     names = canonical_metrics(names, data.name)
     fake = fake_images.float().contiguous()
     out = {}
     if "fd" in names or "coverage" in names:
-        classifier, _ = load_or_train_classifier(data)
+        images, labels = classifier_set(data, metric_images, workers)
+        classifier, _ = load_or_train_classifier(images, labels, data.num_classes)
+        fake_32 = to_classifier_resolution(fake)
         if "fd" in names:
-            _, heldout = metric_split(len(data.images))
-            real_f = _batched(classifier.features, data.images[heldout])
-            fake_f = _batched(classifier.features, fake)
+            _, heldout = metric_split(len(images))
+            real_f = _batched(classifier.features, images[heldout])
+            fake_f = _batched(classifier.features, fake_32)
             out[fd_name(data.name)] = frechet_distance(real_f, fake_f)
         if "coverage" in names:
-            pred = _batched(classifier, fake).argmax(1)
+            pred = _batched(classifier, fake_32).argmax(1)
             hist = torch.bincount(pred, minlength=data.num_classes).double() / len(pred)
             out["coverage"] = float((hist > 0.5 / data.num_classes).double().mean())
             nz = hist[hist > 0]
             out["coverage_kl"] = float((nz * (nz * data.num_classes).log()).sum())
     if "fid" in names or "is" in names:
-        out.update(inception_metrics(data.images, fake, inception_weights, names))
+        real = (data.gather(chunk, workers)
+                for chunk in _chunks(metric_subset(len(data), metric_images), 100))
+        out.update(inception_metrics(real, fake, inception_weights, names))
     return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}

@@ -1,10 +1,11 @@
-"""SNGAN-ResNet for 32×32 (PAPERS.md): G 4.27 M weights and D 1.05 M at width 1.
+"""SNGAN-ResNet (PAPERS.md; 32×32: G 4.27 M weights and D 1.05 M at width 1), for R×R images.
 
-G: z → linear 4·4·C → 3 up-blocks (BN, ReLU, nearest 2×, conv3×3, BN, ReLU, conv3×3; shortcut
-conv1×1 then nearest 2× — exact, since a 1×1 conv commutes with nearest upsampling, and 4×
-cheaper) → BN, ReLU, conv3×3 → 3, tanh. C = 256·width.
-D: optimized block 3→C (32→16), down block C (16→8), two C blocks, ReLU, global sum pool,
-linear C→1. C = 128·width.
+G: z → linear 4·4·C → log2(R/4) up-blocks (BN, ReLU, nearest 2×, conv3×3, BN, ReLU, conv3×3;
+shortcut conv1×1 then nearest 2× — exact, since a 1×1 conv commutes with nearest upsampling,
+and 4× cheaper) → BN, ReLU, conv3×3 → 3, tanh. C = 256·width.
+D: optimized block 3→C (R→R/2), log2(R/8) − 1 down blocks C (to 8×8), two C blocks, ReLU,
+global sum pool, linear C→1. C = 128·width. At R = 32: three up-blocks, one down block — the
+paper's CIFAR-10 networks.
 """
 
 from __future__ import annotations
@@ -35,13 +36,21 @@ class GBlock(nn.Module):
         return h + upsample2(self.shortcut(x))
 
 
+def _doublings(resolution, start):
+    """How many 2× steps take ``start`` to ``resolution`` (a power of two ≥ ``start``)."""
+    steps = (resolution // start).bit_length() - 1
+    if resolution < start or start << steps != resolution:
+        raise ValueError(f"resolution must be a power of two >= {start}, got {resolution}")
+    return steps
+
+
 class SNGANGenerator(nn.Module):
-    def __init__(self, z_dim=128, width=1.0):
+    def __init__(self, z_dim=128, width=1.0, resolution=32):
         super().__init__()
         c = _channels(256, width)
         self.z_dim, self.channels = z_dim, c
         self.fc = nn.Linear(z_dim, 4 * 4 * c)
-        self.blocks = nn.Sequential(GBlock(c, c), GBlock(c, c), GBlock(c, c))
+        self.blocks = nn.Sequential(*(GBlock(c, c) for _ in range(_doublings(resolution, 4))))
         self.bn = nn.BatchNorm2d(c)
         self.out = nn.Conv2d(c, 3, 3, padding=1)
         xavier_init_(self)
@@ -78,10 +87,11 @@ class DBlock(nn.Module):
 
 
 class SNGANDiscriminator(nn.Module):
-    def __init__(self, width=1.0):
+    def __init__(self, width=1.0, resolution=32):
         super().__init__()
         c = _channels(128, width)
-        self.blocks = nn.Sequential(DBlock(3, c, True, first=True), DBlock(c, c, True),
+        downs = [DBlock(c, c, True) for _ in range(_doublings(resolution, 16))]  # R/2 → 8
+        self.blocks = nn.Sequential(DBlock(3, c, True, first=True), *downs,
                                     DBlock(c, c, False), DBlock(c, c, False))
         self.fc = nn.Linear(c, 1)
         xavier_init_(self)
@@ -98,6 +108,6 @@ class SNGANDiscriminator(nn.Module):
 N_DIS = 5
 
 
-def build_pair(width: float, z_dim: int):
+def build_pair(width: float, z_dim: int, resolution: int = 32):
     """(G, D) of this architecture (what ``gan.models.build("sngan", ...)`` returns)."""
-    return SNGANGenerator(z_dim, width), SNGANDiscriminator(width)
+    return SNGANGenerator(z_dim, width, resolution), SNGANDiscriminator(width, resolution)
