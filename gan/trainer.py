@@ -174,19 +174,17 @@ class Trainer:
         start = time.perf_counter()
         for _ in range(self.n_dis):
             real = self._real()
-            d_loss, = self._step(("D", *self._dense_dw()), self._d_step, real,
-                                 self._z(cfg.batch_size))
+            d_loss, = self._step("D", self._d_step, real, self._z(cfg.batch_size))
             self._engine_step(self.engine_D, it)
         z = self._z(cfg.batch_size)
-        stage = self.distill.stage(it) if self.distill is not None else 1
         g_loss, fake_logits, teacher_term = self._step(
-            ("G", *self._dense_dw(), stage), functools.partial(self._g_step, iteration=it), z)
+            "G", functools.partial(self._g_step, iteration=it), z)
         br = self._balance_sample(z, real, fake_logits) if it % self.br_every == 0 else None
         self._engine_step(self.engine_G, it)
         if self.ema is not None:
             # warm-up: decay min(ema, (1 + t) / (10 + t)), so that a short run's EMA is not
             # dominated by the initial weights (the papers' 0.999 applies once t ≳ 9000)
-            self._step(("EMA",), self._ema_step, 1.0 - min(cfg.ema, (1.0 + it) / (10.0 + it)))
+            self._step("EMA", self._ema_step, 1.0 - min(cfg.ema, (1.0 + it) / (10.0 + it)))
         self.train_seconds += time.perf_counter() - start
         row = {"iteration": it, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
                "br": br if br is not None else float("nan"),
@@ -195,18 +193,25 @@ class Trainer:
         row.update(self.densities())
         return row
 
-    def _dense_dw(self):
-        """Whether G's and D's layers compute the dense dW now: every sparse op takes the flag of
-        its layer, forward passes under no_grad too, so a graph of either step bakes in both."""
-        return tuple(engine is not None and any(layer.layout.dense_dw for layer in engine.layers)
-                     for engine in (self.engine_G, self.engine_D))
-
-    def _step(self, key, fn, *inputs):
-        """``fn(*inputs)``; with --cuda-graphs through the graph of ``key``: the step's kind and
-        the host state its capture bakes in (gan.graphs)."""
+    def _step(self, kind, fn, *inputs):
+        """``fn(*inputs)``, the step ``kind`` ("D", "G" or "EMA"); with --cuda-graphs through the
+        graph of ``_graph_key(kind)``."""
         if self.graphs is None:
             return fn(*inputs)
-        return self.graphs.run(key, fn, *inputs)
+        return self.graphs.run(self._graph_key(kind), fn, *inputs)
+
+    def _graph_key(self, kind):
+        """``kind`` and the host state a capture of that step bakes in (gan.graphs): whether G's
+        and D's layers compute the dense dW now (every sparse op takes its layer's flag, forward
+        passes under no_grad too, so a D or G step bakes in both networks'), and for G the DGL
+        stage."""
+        if kind == "EMA":
+            return (kind,)
+        dense_dw = tuple(engine is not None and any(layer.layout.dense_dw for layer in engine.layers)
+                         for engine in (self.engine_G, self.engine_D))
+        if kind == "D":
+            return (kind, *dense_dw)
+        return (kind, *dense_dw, self.distill.stage(self.iteration) if self.distill is not None else 1)
 
     def _d_step(self, real, z):
         """One D step on a real batch and noise; returns (D's loss,)."""
@@ -223,7 +228,7 @@ class Trainer:
     def _g_step(self, z, iteration):
         """G's step on noise ``z``; returns (G's loss, D's logits on G(z), the teacher term or
         None). D is frozen: G's step needs D's dX only, not its (discarded) dW. ``iteration``
-        only selects DGL's stage (a graph's key holds the stage)."""
+        only selects DGL's stage (which a graph's key holds)."""
         self.D.requires_grad_(False)
         teacher_term = None
         with self._autocast():
@@ -273,9 +278,9 @@ class Trainer:
         return ()
 
     def _graphed_addresses(self) -> set:
-        """Addresses of every tensor the graphs read or write outside their own memory:
-        parameters, gradients and buffers of the networks (G, D, EMA, a teacher's D), and the
-        optimizers' learning rates and state."""
+        """Addresses of every lasting tensor the graphs read or write: parameters, gradients and
+        buffers of the networks (G, D, EMA, a teacher's D), the optimizers' learning rates and
+        state (gan.graphs.StepGraphs)."""
         modules = [self.G, self.D, self.ema]
         if self.distill is not None and self.distill.teacher is not None:
             modules.append(self.distill.teacher.D)
