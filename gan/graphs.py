@@ -10,8 +10,8 @@ masks. So after the warm-ups every step of every iteration is a replay, at the p
 per step rather than one per iteration.
 
 **What a capture bakes in keys it.** Python values read while capturing are constants of the
-graph, so :meth:`StepGraphs.run` takes a key holding the step's kind (``"D"``, ``"G"``, ``"EMA"``;
-the kind names the memory pool) and every such value: whether G's and D's layers compute the
+graph, so :meth:`StepGraphs.run` takes a key holding the step's kind (``"D"``, ``"G"``, ``"EMA"``)
+and every such value: whether G's and D's layers compute the
 dense dW (``layout.dense_dw``, a bool argument of every sparse op, forward passes included; on
 around a gradient-regrowth mask update or DDST adjustment) and, for G, the DGL stage (stage 2 adds
 the teacher term). "A second, dense-dW graph" is thus e.g. the variant ``("D", False, True)`` of
@@ -22,9 +22,11 @@ layouts' index buffers and optimizer state (updated in place); gradients (zeroed
 set to None, so the engines read the ``.grad`` of whichever graph ran last); the learning rates
 (device tensors in capturable Adam's param groups, filled before each iteration); the inputs (real
 batch, noise, EMA weight), copied into buffers owned here before every run; and the outputs, the
-tensors the capture returned, valid until the next run of any graph of the same kind (they share a
-memory pool). A capture that makes a lasting tensor raises :class:`GraphMemoryError`; tensors
-that move afterwards (a checkpoint load) drop the graphs (:meth:`StepGraphs.check`, ``reset``).
+tensors the capture returned, valid until the graph's next replay. A capture that makes a lasting
+tensor raises :class:`GraphMemoryError`; tensors that move afterwards (a checkpoint load) drop the
+graphs (:meth:`StepGraphs.check`, ``reset``). Every graph has its own memory pool: torch calls a
+shared pool safe only for graphs replayed in the order they were captured, and the variants of a
+step are not.
 
 **Eager**: the first ``warmup`` runs of every key — real training steps, on a side stream, so
 lazy optimizer state, Triton compilation and cuBLAS workspaces happen before capture — and all the
@@ -88,12 +90,11 @@ class StepGraphs:
         self._captured_addresses: set | None = None
 
     def run(self, key: tuple, fn: Callable, *inputs):
-        """``fn(*inputs)`` through the graph of ``key`` (``key[0]``: the kind, which names the
-        memory pool): copies ``inputs`` (tensors, or floats held as 0-d float32 tensors) into the
-        key's static buffers, then runs ``fn`` on them eagerly during warm-up, captures it the
-        first time after, and replays the capture from then on (``fn`` is then not called: a
-        replay repeats what the capture recorded). Returns ``fn``'s outputs, a tuple of tensors
-        or None."""
+        """``fn(*inputs)`` through the graph of ``key`` (``key[0]``: the step's kind): copies
+        ``inputs`` (tensors, or floats held as 0-d float32 tensors) into the key's static buffers,
+        then runs ``fn`` on them eagerly during warm-up, captures it the first time after, and
+        replays the capture from then on (``fn`` is then not called: a replay repeats what the
+        capture recorded). Returns ``fn``'s outputs, a tuple of tensors or None."""
         step = self._steps.get(key)
         if step is None:
             step = self._steps[key] = _Step(key, inputs, self.backend.device)
@@ -114,9 +115,10 @@ class StepGraphs:
         if made:
             raise GraphMemoryError(
                 f"step {key} made {made} lasting tensors while captured (a .grad set to None "
-                "and made again, optimizer state made lazily, ...): they would live in the "
-                "graph's memory pool, which other graphs of its kind reuse; make them before "
-                "capture (in the warm-up) and update them in place")
+                "and made again, optimizer state made lazily, ...): they would live in this "
+                "graph's private memory, apart from their twins in the other graphs (an engine "
+                "would read another graph's .grad); make them before capture (in the warm-up) "
+                "and update them in place")
         self.replays[key] += 1
         return step.outputs
 
@@ -134,7 +136,6 @@ class StepGraphs:
         """Drop every graph, e.g. after loading a checkpoint replaced the optimizer state."""
         self._steps.clear()
         self._captured_addresses = None
-        self.backend.reset()
 
 
 class _Step:
@@ -160,12 +161,11 @@ class _Step:
 # ----------------------------------------------------------------------------------- CUDA
 class CUDAGraphs:
     """``torch.cuda.CUDAGraph`` per key, as torch's whole-network capture: warm-up on a side
-    stream, capture into one memory pool per kind, replay on the current stream."""
+    stream, capture (into the graph's own memory pool), replay on the current stream."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self._stream = torch.cuda.Stream(device)
-        self._pools: dict[str, tuple] = {}
 
     def warm_up(self, fn, inputs):
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -177,17 +177,13 @@ class CUDAGraphs:
     def capture(self, key, fn, inputs):
         """Capture ``fn(*inputs)`` and replay it once (a capture records without running)."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pools.get(key[0])):
+        with torch.cuda.graph(graph):
             outputs = fn(*inputs)
-        self._pools.setdefault(key[0], graph.pool())
         graph.replay()
         return graph, outputs
 
     def replay(self, graph):
         graph.replay()
-
-    def reset(self):
-        self._pools.clear()
 
 
 # ----------------------------------------------------------------------------------- CPU stand-in
@@ -312,14 +308,10 @@ class EmulatedGraphs:
     its op trace. Replay runs the *captured* function again (never a later one: a real graph
     replays what it recorded) under the guard, raises :class:`GraphDivergence` unless the trace is
     the capture's — same ops, same Python numbers and flags, same addresses of tensors from
-    outside — and copies the results into the captured outputs. Running a graph poisons (NaN) the
-    outputs of the other graphs of its kind, whose memory a shared pool may reuse.
+    outside — and copies the results into the captured outputs.
     """
 
     device = torch.device("cpu")
-
-    def __init__(self):
-        self._graphs: list[_Recording] = []
 
     def warm_up(self, fn, inputs):
         return fn(*inputs)
@@ -327,10 +319,7 @@ class EmulatedGraphs:
     def capture(self, key, fn, inputs):
         with HostGuard() as guard:
             outputs = fn(*inputs)
-        graph = _Recording(key, fn, inputs, outputs, guard.trace)
-        self._graphs.append(graph)
-        self._poison_others(graph)
-        return graph, outputs
+        return _Recording(key, fn, inputs, outputs, guard.trace), outputs
 
     def replay(self, graph):
         with HostGuard() as guard:
@@ -352,18 +341,6 @@ class EmulatedGraphs:
             for static, new in zip(graph.outputs, outputs):
                 if static is not None:
                     static.copy_(new)
-        self._poison_others(graph)
-
-    def _poison_others(self, graph):
-        with torch.no_grad():
-            for other in self._graphs:
-                if other is not graph and other.key[0] == graph.key[0]:
-                    for t in other.outputs:
-                        if t is not None and t.is_floating_point():
-                            t.fill_(math.nan)
-
-    def reset(self):
-        self._graphs.clear()
 
 
 def _first_difference(a, b, where=()):

@@ -232,10 +232,6 @@ def test_inputs_are_static_and_outputs_are_the_captured_tensors():
     fn = lambda x, w: (x * w,)  # noqa: E731
     outs = [steps.run(("k", 1), fn, torch.full((2,), float(i)), 0.5)[0] for i in range(4)]
     assert outs[1] is outs[2] is outs[3] and outs[3].tolist() == [1.5, 1.5]
-    # another graph of kind "k" may reuse the first one's memory: its outputs are poisoned
-    steps.run(("k", 2), fn, torch.ones(2), 2.0)
-    steps.run(("k", 2), fn, torch.ones(2), 2.0)
-    assert outs[3].isnan().all()
     with pytest.raises(ValueError, match=r"changed from \(2,\).*a graph replays fixed shapes"):
         steps.run(("k", 1), fn, torch.ones(3), 0.5)
 
