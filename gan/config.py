@@ -17,7 +17,7 @@ from typing import Optional
 from sparsekit import BACKENDS
 from sparsekit.dst.presets import PRESETS, IMPPreset
 
-from . import models
+from . import graphs, models
 from .data import specs as data_specs
 from .losses import LOSSES
 from .metrics.suite import METRIC_IMAGES, METRICS, canonical_metrics
@@ -100,6 +100,9 @@ class Config:
                         "bf16 (autocast; fp32 master weights and Adam state; sparse layers in "
                         "bf16 on CUDA, on the fp32 kernels on CPU)", default="fp32")
     device: str = _h("cpu or cuda", default="cpu")
+    cuda_graphs: bool = _h("replay the D step, G step and EMA update from CUDA graphs (--device "
+                           "cuda, one process); mask updates, DDST and balance-ratio samples run "
+                           "eagerly between replays", default=False)
     seed: int = _h("seed of everything (init, masks, data order, noise)", default=0)
     eval_every: Optional[int] = _h("evaluate every N iterations (0: only at the end)",
                                    shown="steps/4", default=None)
@@ -206,6 +209,11 @@ class Config:
                              f"{self.rewind_step}")
         if self.rounds < 1 or self.rewind_step < 0:
             raise ValueError("--rounds must be >= 1 and --rewind-step >= 0")
+        if self.cuda_graphs:
+            graphs.check_device(self.device)
+            if self.method == "alphagan-search":
+                raise ValueError("--cuda-graphs does not apply to --method alphagan-search (its "
+                                 "architecture rounds run eagerly); train the genotype with it")
         self._validate_teacher()
         self._validate_model_and_search()
         try:

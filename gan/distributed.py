@@ -48,6 +48,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .graphs import NOT_DISTRIBUTED
 from .loader import local_batch
 
 BACKENDS = ("gloo", "nccl")
@@ -194,6 +195,8 @@ def from_launch(options: argparse.Namespace, cfg) -> Distributed:
             raise ValueError(f"{', '.join(given)}: this process was not started by torchrun "
                              f"({'/'.join(LAUNCH_VARIABLES)} are not set)")
         return SINGLE
+    if cfg.cuda_graphs:
+        raise ValueError(NOT_DISTRIBUTED)
     rank, world_size, local_rank = (int(os.environ[v]) for v in LAUNCH_VARIABLES)
     backend = options.dist_backend or ("nccl" if cfg.device == "cuda" else "gloo")
     if backend == "nccl" and cfg.device != "cuda":

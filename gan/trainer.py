@@ -6,12 +6,19 @@ spectral norm on every D layer → the sparse EMA copy of G. Each iteration runs
 then one G step; engines are stepped after every optimizer step with the generator iteration, so
 their schedules count generator iterations. Every ``br_every`` iterations the balance ratio gets a
 sample: D(G_before(z)), D(G_after(z)) with the same z, and D(x) of the last real batch.
+
+The D step, the G step and the EMA update are functions of their inputs (``_d_step``,
+``_g_step``, ``_ema_step``) run through ``_step``: called directly, or with ``--cuda-graphs``
+replayed from CUDA graphs (``gan.graphs``) while everything the host decides — engine steps
+(masks, dense dW, DDST), the balance-ratio sample, learning rate and EMA decay — runs eagerly
+between the replays, as in the eager loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 
 import torch
@@ -20,7 +27,7 @@ import sparsekit
 from sparsekit.dst import BalanceRatio, DDSTController, DynamicSparsity
 from sparsekit.dst.presets import PRESETS, DDSTPreset, get_preset
 
-from . import losses
+from . import graphs, losses
 from .config import Config
 from .data import ImageData
 from .distributed import SINGLE, Distributed
@@ -60,13 +67,17 @@ class Trainer:
         sparsekit.set_backend(cfg.backend)
         self.cfg, self.data, self.dist = cfg, data, dist
         self.device = torch.device(cfg.device)
+        self.graphs = None
+        if cfg.cuda_graphs:
+            if dist.enabled:
+                raise ValueError(graphs.NOT_DISTRIBUTED)
+            self.graphs = graphs.make(self.device, self._graphed_addresses)
         self.n_dis = cfg.resolved_n_dis()
         torch.manual_seed(cfg.seed)
         G, D = build(cfg.model, cfg.width, resolution=cfg.resolution)
         self.G, self.D = G.to(self.device), D.to(self.device)
-        betas = (cfg.beta1, cfg.beta2)
-        self.opt_G = torch.optim.Adam(weight_parameters(self.G), lr=cfg.lr_g, betas=betas)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.opt_G = self._adam(weight_parameters(self.G), cfg.lr_g)
+        self.opt_D = self._adam(self.D.parameters(), cfg.lr_d)
         self.engine_G = self.engine_D = self.controller = None
         self.preset = None
         br_every, br_window = 10, 100
@@ -110,6 +121,15 @@ class Trainer:
         self.iteration = 0
         self.train_seconds = 0.0
 
+    def _adam(self, params, lr):
+        """Adam; for graphs capturable (step counts on the device) with the learning rate a
+        device tensor that ``_set_lr`` fills in place (a float would be baked into the graph)."""
+        betas = (self.cfg.beta1, self.cfg.beta2)
+        if self.graphs is None:
+            return torch.optim.Adam(params, lr=lr, betas=betas)
+        return torch.optim.Adam(params, lr=torch.tensor(lr, device=self.device), betas=betas,
+                                capturable=True, foreach=True)
+
     def _engine(self, model, optimizer, network, density):
         overrides = dict(block=self.cfg.block_shape(), stop_at=self.cfg.steps, seed=self.cfg.seed + (network == "D"))
         if density is not None:
@@ -131,62 +151,44 @@ class Trainer:
 
     def _autocast(self):
         """The forward passes' precision context: bf16 autocast for --precision bf16 (sparse ops
-        follow their own rules: bf16 on CUDA, fp32 kernels on CPU), else nothing."""
+        follow their own rules: bf16 on CUDA, fp32 kernels on CPU), else nothing. Graphs run it
+        without the cast-weight cache, which torch's CUDA-graph notes rule out under capture."""
         if self.cfg.precision != "bf16":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              cache_enabled=self.graphs is None)
 
     def _lr_scale(self, it):
         return 1.0 - (it - 1) / self.cfg.steps if self.cfg.lr_decay == "linear" else 1.0
+
+    def _set_lr(self, scale):
+        for opt, lr in ((self.opt_G, self.cfg.lr_g), (self.opt_D, self.cfg.lr_d)):
+            for group in opt.param_groups:
+                if self.graphs is None:
+                    group["lr"] = lr * scale
+                else:
+                    group["lr"].fill_(lr * scale)
 
     def train_step(self) -> dict:
         """One generator iteration (n_dis D steps + one G step); returns scalars to log."""
         cfg = self.cfg
         self.iteration += 1
         it = self.iteration
-        for opt, lr in ((self.opt_G, cfg.lr_g), (self.opt_D, cfg.lr_d)):
-            for group in opt.param_groups:
-                group["lr"] = lr * self._lr_scale(it)
+        self._set_lr(self._lr_scale(it))
         start = time.perf_counter()
         for _ in range(self.n_dis):
             real = self._real()
-            with self._autocast():
-                with torch.no_grad():
-                    fake = self.G(self._z(cfg.batch_size))
-                real_logits, fake_logits = self.ddp_D(real), self.ddp_D(fake)
-                d_loss = losses.d_loss(cfg.loss, real_logits.float(), fake_logits.float())
-            self.opt_D.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_D.step()
-            if self.engine_D is not None:
-                self.engine_D.step(it)
+            d_loss, = self._step("D", self._d_step, real, self._z(cfg.batch_size))
+            self._engine_step(self.engine_D, it)
         z = self._z(cfg.batch_size)
-        self.D.requires_grad_(False)  # G's step needs D's dX only: skip D's (discarded) dW
-        teacher_term = None
-        with self._autocast():
-            fake = self.ddp_G(z)
-            fake_logits = self.D(fake).float()
-            g_loss = losses.g_loss(cfg.loss, fake_logits)
-            if self.distill is not None:
-                g_loss, teacher_term = self.distill.generator_loss(g_loss, fake, it)
-        self.opt_G.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.D.requires_grad_(True)
-        self.opt_G.step()
-        br = None
-        if it % self.br_every == 0:
-            # As ADAPT: D(G_after(z)) right after G's optimizer step and before G's mask update,
-            # and D(x) from the current D (after its last step), on the last real batch.
-            with torch.no_grad(), self._autocast():
-                after = self.D(self.G(z)).float().mean()
-                real_now = self.D(real).float().mean()
-            br = self.balance.add(*self.dist.mean(fake_logits.detach().float().mean(), after, real_now))
-            if br is not None and self.balance.full:
-                self.br_counted += 1
-                self.br_in_band += self.br_band[0] <= self.balance.value <= self.br_band[1]
-        if self.engine_G is not None:
-            self.engine_G.step(it)
-        self._update_ema()
+        g_loss, fake_logits, teacher_term = self._step(
+            "G", functools.partial(self._g_step, iteration=it), z)
+        br = self._balance_sample(z, real, fake_logits) if it % self.br_every == 0 else None
+        self._engine_step(self.engine_G, it)
+        if self.ema is not None:
+            # warm-up: decay min(ema, (1 + t) / (10 + t)), so that a short run's EMA is not
+            # dominated by the initial weights (the papers' 0.999 applies once t ≳ 9000)
+            self._step("EMA", self._ema_step, 1.0 - min(cfg.ema, (1.0 + it) / (10.0 + it)))
         self.train_seconds += time.perf_counter() - start
         row = {"iteration": it, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
                "br": br if br is not None else float("nan"),
@@ -195,19 +197,104 @@ class Trainer:
         row.update(self.densities())
         return row
 
+    def _step(self, kind, fn, *inputs):
+        """``fn(*inputs)``, the step ``kind`` ("D", "G" or "EMA"); with --cuda-graphs through the
+        graph of ``_graph_key(kind)``."""
+        if self.graphs is None:
+            return fn(*inputs)
+        return self.graphs.run(self._graph_key(kind), fn, *inputs)
+
+    def _graph_key(self, kind):
+        """``kind`` and the host state a capture of that step bakes in (gan.graphs): whether G's
+        and D's layers compute the dense dW now (every sparse op takes its layer's flag, forward
+        passes under no_grad too, so a D or G step bakes in both networks'), and for G the DGL
+        stage."""
+        if kind == "EMA":
+            return (kind,)
+        dense_dw = tuple(engine is not None and any(layer.layout.dense_dw for layer in engine.layers)
+                         for engine in (self.engine_G, self.engine_D))
+        if kind == "D":
+            return (kind, *dense_dw)
+        return (kind, *dense_dw, self.distill.stage(self.iteration) if self.distill is not None else 1)
+
+    def _d_step(self, real, z):
+        """One D step on a real batch and noise; returns (D's loss,)."""
+        with self._autocast():
+            with torch.no_grad():
+                fake = self.G(z)
+            real_logits, fake_logits = self.ddp_D(real), self.ddp_D(fake)
+            d_loss = losses.d_loss(self.cfg.loss, real_logits.float(), fake_logits.float())
+        self.opt_D.zero_grad(set_to_none=self.graphs is None)  # graphs: gradients stay put
+        d_loss.backward()
+        self.opt_D.step()
+        return (d_loss.detach(),)
+
+    def _g_step(self, z, iteration):
+        """G's step on noise ``z``; returns (G's loss, D's logits on G(z), the teacher term or
+        None). D is frozen: G's step needs D's dX only, not its (discarded) dW. ``iteration``
+        only selects DGL's stage (which a graph's key holds)."""
+        self.D.requires_grad_(False)
+        teacher_term = None
+        with self._autocast():
+            fake = self.ddp_G(z)
+            fake_logits = self.D(fake).float()
+            g_loss = losses.g_loss(self.cfg.loss, fake_logits)
+            if self.distill is not None:
+                g_loss, teacher_term = self.distill.generator_loss(g_loss, fake, iteration)
+        self.opt_G.zero_grad(set_to_none=self.graphs is None)
+        g_loss.backward()
+        self.D.requires_grad_(True)
+        self.opt_G.step()
+        return (g_loss.detach(), fake_logits.detach(),
+                teacher_term.detach() if teacher_term is not None else None)
+
+    def _balance_sample(self, z, real, fake_logits):
+        """A balance-ratio sample; returns its ratio or None. As ADAPT: D(G_after(z)) right after
+        G's optimizer step and before G's mask update, and D(x) from the current D (after its
+        last step), on the last real batch. Reads values on the host: always eager."""
+        with torch.no_grad(), self._autocast():
+            after = self.D(self.G(z)).float().mean()
+            real_now = self.D(real).float().mean()
+        br = self.balance.add(*self.dist.mean(fake_logits.mean(), after, real_now))
+        if br is not None and self.balance.full:
+            self.br_counted += 1
+            self.br_in_band += self.br_band[0] <= self.balance.value <= self.br_band[1]
+        return br
+
+    def _engine_step(self, engine, it):
+        """``engine.step(it)`` after its network's optimizer step; with graphs, check after a
+        mask change that no tensor the graphs use has moved (gan.graphs.StepGraphs.check)."""
+        if engine is not None and engine.step(it) is not None and self.graphs is not None:
+            self.graphs.check()
+
     @torch.no_grad()
-    def _update_ema(self):
-        """EMA step with warm-up: decay min(ema, (1 + t) / (10 + t)), so that a short run's EMA
-        is not dominated by the initial weights (the papers' 0.999 applies once t ≳ 9000)."""
-        if self.ema is None:
-            return
-        t = self.iteration
-        decay = min(self.cfg.ema, (1.0 + t) / (10.0 + t))
+    def _ema_step(self, weight):
+        """ema += weight · (G − ema) over the parameters, G's buffers copied. ``weight`` = 1 −
+        decay: a float, or under graphs a 0-d device tensor (the decay changes every iteration)."""
         ema_params = [p for p in self.ema.parameters()]
         params = [p.detach() for p in self.G.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        # A tensor weight goes through the per-tensor-weights overload: the Scalar one would
+        # read it on the host.
+        torch._foreach_lerp_(ema_params, params,
+                             weight if isinstance(weight, float) else [weight] * len(params))
         for be, b in zip(self.ema.buffers(), self.G.buffers()):
             be.copy_(b)
+        return ()
+
+    def _graphed_addresses(self) -> set:
+        """Addresses of every lasting tensor the graphs read or write: parameters, gradients and
+        buffers of the networks (G, D, EMA, a teacher's D), the optimizers' learning rates and
+        state (gan.graphs.StepGraphs)."""
+        modules = [self.G, self.D, self.ema]
+        if self.distill is not None and self.distill.teacher is not None:
+            modules.append(self.distill.teacher.D)
+        tensors = []
+        for m in filter(None, modules):
+            tensors += [t for p in m.parameters() for t in (p, p.grad)] + list(m.buffers())
+        for opt in (self.opt_G, self.opt_D):
+            tensors += [group["lr"] for group in opt.param_groups]
+            tensors += [t for state in opt.state.values() for t in state.values()]
+        return {t.data_ptr() for t in tensors if isinstance(t, torch.Tensor)}
 
     def densities(self) -> dict:
         """Kept fraction of the weights each engine manages (1.0 without an engine)."""
@@ -254,7 +341,7 @@ class Trainer:
             "config": self.cfg.__dict__.copy(),
             "G": self.G.state_dict(), "D": self.D.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "opt_G": _plain_adam_state(self.opt_G), "opt_D": _plain_adam_state(self.opt_D),
             "engine_G": self.engine_G.state_dict() if self.engine_G is not None else None,
             "engine_D": self.engine_D.state_dict() if self.engine_D is not None else None,
             "balance": self.balance.state_dict(),
@@ -272,8 +359,9 @@ class Trainer:
         self.D.load_state_dict(state["D"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+        for opt, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
+            opt.load_state_dict(state[key])
+            _own_adam_settings(opt)
         for engine, key in ((self.engine_G, "engine_G"), (self.engine_D, "engine_D")):
             if engine is not None:
                 engine.load_state_dict(state[key])
@@ -289,3 +377,27 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.iteration = state["iteration"]
         self.train_seconds = state["train_seconds"]
+        if self.graphs is not None:  # the optimizer state the graphs used was replaced
+            self.graphs.reset()
+
+
+def _plain_adam_state(opt) -> dict:
+    """``opt.state_dict()`` as a plain Adam writes it — lr a float, step counts on the CPU, not
+    capturable — so a checkpoint does not depend on --cuda-graphs."""
+    state = opt.state_dict()
+    groups = [dict(g, lr=float(g["lr"]), capturable=False, foreach=None) for g in state["param_groups"]]
+    per_param = {k: dict(v, step=v["step"].to("cpu", torch.float32)) for k, v in state["state"].items()}
+    return {"state": per_param, "param_groups": groups}
+
+
+def _own_adam_settings(opt):
+    """After ``opt.load_state_dict`` (whose param groups replace this optimizer's): this
+    optimizer's own lr object, capturable and foreach, and its step counts where it keeps them
+    (on the device when capturable)."""
+    for group in opt.param_groups:
+        group.update({k: opt.defaults[k] for k in ("lr", "capturable", "foreach")})
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if state:
+                state["step"] = state["step"].to(p.device if group["capturable"] else "cpu",
+                                                 torch.float32)
