@@ -104,21 +104,22 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
                unit="it", dynamic_ncols=True, disable=None if main else True)
     try:
         while trainer.iteration < cfg.steps:
-            row = trainer.train_step()
-            it = trainer.iteration
+            it = trainer.iteration + 1
+            logged = it % cfg.log_every == 0 or it == cfg.steps
+            row = trainer.train_step(report=logged)  # scalars are read (a sync) when logged only
             if on_step is not None:
                 on_step(trainer)
             dist.check_masks(it, {"G": trainer.engine_G, "D": trainer.engine_D})
-            if it % cfg.log_every == 0 or it == cfg.steps:
+            if logged:
                 row.update(zip(("d_loss", "g_loss"), dist.mean(row["d_loss"], row["g_loss"])))
                 row.update(trainer.exploration(), lr_scale=trainer._lr_scale(it),
                            sec_per_iter=trainer.train_seconds / it)
                 if main:
                     log.row(row)
+                bar.set_postfix(d=f"{row['d_loss']:.3f}", g=f"{row['g_loss']:.3f}",
+                                G=f"{row['density_G']:.2f}", D=f"{row['density_D']:.2f}",
+                                br=f"{row['br_window']:.2f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(d=f"{row['d_loss']:.3f}", g=f"{row['g_loss']:.3f}",
-                            G=f"{row['density_G']:.2f}", D=f"{row['density_D']:.2f}",
-                            br=f"{row['br_window']:.2f}")
             if main and (it % sample_every == 0 or it == cfg.steps):
                 grid = trainer.sample(z=trainer.fixed_z)
                 save_grid(grid, os.path.join(out, "samples", f"iter_{it:06d}.png"), nrow=8)

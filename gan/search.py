@@ -81,8 +81,8 @@ class SearchTrainer(Trainer):
         for a in self.alphas:
             a.requires_grad_(enabled)
 
-    def train_step(self) -> dict:
-        row = super().train_step()
+    def train_step(self, report: bool = True) -> dict | None:
+        row = super().train_step(report)
         self.round_stats = None
         if self.iteration % self.round_every == 0:
             start = time.perf_counter()

@@ -169,8 +169,10 @@ class Trainer:
                 else:
                     group["lr"].fill_(lr * scale)
 
-    def train_step(self) -> dict:
-        """One generator iteration (n_dis D steps + one G step); returns scalars to log."""
+    def train_step(self, report: bool = True) -> dict | None:
+        """One generator iteration (n_dis D steps + one G step); returns scalars to log, or None
+        when not ``report``: reading the losses and densities waits for the device (about 20
+        syncs), which the loop does on logged iterations only."""
         cfg = self.cfg
         self.iteration += 1
         it = self.iteration
@@ -190,6 +192,8 @@ class Trainer:
             # dominated by the initial weights (the papers' 0.999 applies once t ≳ 9000)
             self._step("EMA", self._ema_step, 1.0 - min(cfg.ema, (1.0 + it) / (10.0 + it)))
         self.train_seconds += time.perf_counter() - start
+        if not report:
+            return None
         row = {"iteration": it, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
                "br": br if br is not None else float("nan"),
                "teacher_term": teacher_term.item() if teacher_term is not None else float("nan"),

@@ -224,10 +224,10 @@ def test_resume_mid_search_continues_exactly(tmp_path, monkeypatch):
     assert main(args + ["--out", str(tmp_path / "straight")]) == 0
     train_step = SearchTrainer.train_step
 
-    def dying(self):
+    def dying(self, report=True):
         if self.iteration == 3:  # iterations 1-3 done, the checkpoint holds 2
             raise KeyboardInterrupt
-        return train_step(self)
+        return train_step(self, report)
 
     monkeypatch.setattr(SearchTrainer, "train_step", dying)
     with pytest.raises(KeyboardInterrupt):
