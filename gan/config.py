@@ -21,7 +21,6 @@ from . import graphs, models
 from .data import specs as data_specs
 from .losses import LOSSES
 from .metrics.suite import METRIC_IMAGES, METRICS, canonical_metrics
-from .models import MODELS, N_DIS, RESOLUTIONS
 
 # No DST engine: dgl = a dense student with --teacher; alphagan-search trains a supernet dense.
 DENSE_METHODS = ("dense", "dgl", "alphagan-search")
@@ -45,14 +44,14 @@ class Config:
                      "alphagan-search (AlphaGAN's architecture search of G; defaults then: "
                      "--model alphagan --width 0.125 --batch-size 16 --steps 120)",
                      default="stu-gan")
-    model: str = _h(f"architecture pair: {', '.join(MODELS)}; or alphagan, "
+    model: str = _h(f"architecture pair: {', '.join(models.MODELS)}; or alphagan, "
                     "alphagan-extended (the search supernets, for --method alphagan-search "
                     "only) or alphagan:PATH.json (the generator of a genotype file, with the "
                     "SNGAN D)", default="dcgan")
     width: float = _h("channel-width multiplier of both networks", default=0.5)
     data: str = _h(f"dataset: {data_specs()} (gan/data.py says what each is)", default="digits")
     resolution: int = _h("image side R: the data are resized to R×R and both networks built for "
-                         f"it; one of {', '.join(map(str, RESOLUTIONS))} (the alphagan models: "
+                         f"it; one of {', '.join(map(str, models.RESOLUTIONS))} (the alphagan models: "
                          "32 only)", default=32)
     workers: Optional[int] = _h("DataLoader worker processes per training process that decode "
                                 "--data's images (0: decode in the training process)",
@@ -62,7 +61,7 @@ class Config:
     batch_size: int = _h("images per batch (real and fake); under torchrun the global batch, split "
                          "evenly over the processes", default=64)
     n_dis: Optional[int] = _h("discriminator steps per generator step", shown=", ".join(
-        f"{n} for {m}" for m, n in N_DIS.items()) + ", 5 for the alphagan models", default=None)
+        f"{n} for {m}" for m, n in models.N_DIS.items()) + ", 5 for the alphagan models", default=None)
     loss: str = _h(f"GAN loss: {', '.join(LOSSES)}", default="hinge")
     lr_g: float = _h("generator Adam learning rate", default=2e-4)
     lr_d: float = _h("discriminator Adam learning rate", default=2e-4)
@@ -245,8 +244,8 @@ class Config:
         return self.stage1_steps if self.stage1_steps is not None else self.steps // 2
 
     def _validate_model_and_search(self):
-        if self.resolution not in RESOLUTIONS:
-            raise ValueError(f"--resolution must be one of {', '.join(map(str, RESOLUTIONS))}, "
+        if self.resolution not in models.RESOLUTIONS:
+            raise ValueError(f"--resolution must be one of {', '.join(map(str, models.RESOLUTIONS))}, "
                              f"got {self.resolution}")
         try:
             models.check(self.model, self.resolution)

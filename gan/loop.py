@@ -151,7 +151,7 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
         "br_band": list(trainer.br_band),
         "br_in_band": trainer.br_in_band / trainer.br_counted if trainer.br_counted else None,
     }
-    if trainer.distill is not None:
+    if trainer.distill is not None and main:  # the summary is rank 0's to write
         summary["distillation"] = trainer.distill.summary(trainer.G, trainer.D)
     if main:
         with open(os.path.join(out, "summary.json"), "w") as f:
