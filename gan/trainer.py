@@ -80,12 +80,14 @@ class Trainer:
         self.opt_D = self._adam(self.D.parameters(), cfg.lr_d)
         self.engine_G = self.engine_D = self.controller = None
         self.preset = None
-        br_every, br_window = 10, 100
+        # The balance ratio is sampled as a sparse method's preset says; a dense run samples it as
+        # DDST does (scaled alike), so its windowed ratio and br_in_band compare with theirs.
+        sampling = get_preset(cfg.method if cfg.method in PRESETS else "ddst")
+        if not cfg.paper_exact:
+            sampling = sampling.scaled(cfg.steps)
+        br_every, br_window = sampling.br_every, sampling.br_window
         if cfg.method in PRESETS:  # a sparse-training method; the others train dense
-            self.preset = get_preset(cfg.method)
-            if not cfg.paper_exact:
-                self.preset = self.preset.scaled(cfg.steps)
-            br_every, br_window = self.preset.br_every, self.preset.br_window
+            self.preset = sampling
             self.engine_G = self._engine(self.G, self.opt_G, "G", cfg.g_density)
             self.engine_D = self._engine(self.D, self.opt_D, "D", cfg.d_density)
             if self.preset.ddst is not None and self.engine_D is not None:

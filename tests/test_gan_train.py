@@ -342,3 +342,17 @@ def test_bf16_training_keeps_fp32_master_weights(tmp_path):
     state = checkpoint.load(str(out / "checkpoint.pt"))
     assert all(v.dtype == torch.float32 for k, v in state["G"].items()
                if k.endswith("weight") and v.is_floating_point())
+
+
+def test_a_dense_run_samples_the_balance_ratio_as_ddst_does():
+    """Dense runs sample the ratio on DDST's scaled schedule, so their br_in_band is measured in
+    short runs too (an unscaled 100-sample window never filled in 800 iterations)."""
+    from gan.data import load
+    from gan.trainer import Trainer
+
+    data = load("digits")
+    for steps in (800, 100_000):
+        dense = Trainer(Config(method="dense", model="dcgan", width=0.125, steps=steps), data)
+        ddst = Trainer(Config(method="ddst", model="dcgan", width=0.125, steps=steps), data)
+        assert (dense.br_every, dense.balance.window) == (ddst.br_every, ddst.balance.window)
+    assert (dense.br_every, dense.balance.window) == (10, 100)  # the papers' at 100k steps
