@@ -254,6 +254,8 @@ EMU_LINEAR = [
     (96, 80, 300, (64, 16), 0.5, ()),        # dW split two ways
     (33, 130, 1, (64, 64), 1.0, ()),         # one row, density 1
     (48, 48, 5, (32, 32), 0.0, ()),          # density 0
+    (48, 64, 7, (16, 16), 1.0, ()),          # main loop: as many chunks as stages (fp32: 4)
+    (112, 48, 33, (16, 16), 1.0, ()),        # rows: chunks = stages - 1; dX columns: 7 > stages
 ]
 # (c_out, c_in, kernel, stride, padding, dilation, upsample, hw, batch, block, density)
 EMU_CONV = [

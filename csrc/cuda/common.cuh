@@ -1,7 +1,8 @@
 // Device-side helpers shared by the CUDA kernels: sizes as 32-bit ints, element conversion,
 // the implicit-GEMM coordinate maps, the launch preamble (device, error string), the tensor-core
 // fragments and the asynchronous-copy / ldmatrix wrappers (PTX on the device, the host model in
-// csrc/cuda/emulation under SPARSEKIT_CUDA_EMULATION). 
+// csrc/cuda/emulation under SPARSEKIT_CUDA_EMULATION). The forward/dX main loop built on them is
+// in mainloop.cuh; dW (grad_weight.cu) stages through registers with load8 and the *_frag loads.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -17,8 +18,7 @@
 namespace sparsekit {
 namespace cuda {
 
-constexpr int KC = 16;   // reduction steps per staged chunk (forward, dX)
-constexpr int PAD = 4;   // floats of padding per staged row
+constexpr int PAD = 4;   // floats of padding per staged row (dW)
 
 // Problem sizes as ints (every size fits; checked on the host), passed to kernels by value.
 struct Dims {
