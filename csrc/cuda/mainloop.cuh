@@ -294,11 +294,15 @@ __device__ __forceinline__ void main_loop(Stages<M>& st, typename M::Acc& acc, I
   }
 }
 
-// Grid of `fast` CTAs on x by `tiles` pixel tiles on y (folded into z past 65535). x is the
-// fastest axis in launch order, so the CTAs that share a pixel tile (the forward's block rows,
-// dX's channel blocks) run together and the gathered pixel rows they all stage come from L2.
+// Grid of `fast` CTAs on x by `tiles` pixel tiles on y (folded into z past gridDim.y's limit,
+// 65535; tests lower it to reach the fold). x is the fastest axis in launch order, so the CTAs
+// that share a pixel tile (the forward's block rows, dX's channel blocks) run together and the
+// gathered pixel rows they all stage come from L2.
+#ifndef SPARSEKIT_GRID_Y_MAX
+#define SPARSEKIT_GRID_Y_MAX 65535
+#endif
 inline dim3 tile_grid(int fast, int tiles) {
-  const int y = tiles < 65535 ? tiles : 65535;
+  const int y = tiles < SPARSEKIT_GRID_Y_MAX ? tiles : SPARSEKIT_GRID_Y_MAX;
   return dim3(fast, y, cdiv(tiles, y));
 }
 // This CTA's pixel tile under tile_grid (may be past the last one: the z fold rounds up).
