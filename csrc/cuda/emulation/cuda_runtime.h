@@ -150,8 +150,10 @@ void emu_ldmatrix(uint32_t (&r)[N], const void* row, bool trans) {
 
 // cp.async.{ca,cg}.shared.global [dst], [src], size, src_size: queued per thread, one queue per
 // commit group, and performed (src_size bytes copied, the rest of `size` zero-filled) only when
-// the thread's cp.async.wait_group retires the group. A kernel that reads a stage before waiting
-// for it, or that lets another thread read it before a barrier, reads stale data.
+// the thread's cp.async.wait_group retires the group; until then dst holds all-ones bytes (NaN in
+// fp32, bf16 and fp16), as undefined as on the GPU. So a kernel that reads a stage before waiting
+// for it, lets another thread read it before a barrier, or refills a stage another thread may
+// still be reading, reads NaN or stale data.
 struct EmuCopy {
   void* dst;
   const void* src;
@@ -168,6 +170,7 @@ inline void emu_cp_async(void* dst, const void* src, int size, int src_size) {
   if (reinterpret_cast<uintptr_t>(dst) % size || (reads && reinterpret_cast<uintptr_t>(src) % size))
     emu_fault("cp.async address not aligned to the copy size");
   if (src_size < 0 || src_size > size) emu_fault("cp.async src-size outside [0, size]");
+  std::memset(dst, 0xff, size);
   emu_async.open.push_back(EmuCopy{dst, src, size, src_size});
 }
 inline void emu_cp_async_commit() {
