@@ -11,11 +11,12 @@
 // Rows are padded by 16 bytes, which keeps every row 16-byte aligned for cp.async and ldmatrix
 // and puts the 8 rows an ldmatrix reads in 8 distinct bank groups.
 //
-// Why a 16-step chunk per stage and not a whole kept block: a 64-wide fp32 block with TM = 128
-// would need (128 + 64)·64·4 = 48 KiB per stage, i.e. dynamic shared memory and one CTA per SM
-// for two stages; chunks keep STAGES (3-4) stages within the 48 KiB of static shared memory, and
-// at bk ≤ 16 (bn ≤ 16 in dX) a chunk is a kept block, so the loop has its one barrier per kept
-// block there and one per 16 steps above.
+// Why a 16-step chunk per stage and not a whole kept block: a 64-deep block costs (TM + NP)·64
+// elements per stage — 24 KiB in bf16 (TM = 128, NP = 64), 32 KiB in fp32 (TM = 64, NP = 64) —
+// so at most one or two stages in the 48 KiB of static shared memory, or opted-in dynamic shared
+// memory and fewer CTAs per SM for more. Chunks keep STAGES (3-4) stages within 48 KiB at any
+// block size; at bk ≤ 16 (bn ≤ 16 in dX) a chunk is a kept block, so the loop has its one
+// barrier per kept block there, and one per 16 steps (per HMMA k-step) above.
 //
 // Pipeline (STAGES = S): chunk c lives in stage c % S and is copied by cp.async group c of every
 // thread (a group may be empty past the end of the walk, so that group numbers stay chunk
@@ -111,7 +112,7 @@ struct Stages {
   __align__(16) Raw<typename M::T> b[M::STAGES][M::B::SIZE];
 };
 
-// As many stages (up to 4, at least 2) as fit in static shared memory next to `reserve` bytes.
+// As many stages (at most 4) as fit in static shared memory next to `reserve` bytes.
 constexpr int stages_for(int stage_bytes, int reserve) {
   return (SMEM_STATIC - reserve) / stage_bytes >= 4 ? 4 : (SMEM_STATIC - reserve) / stage_bytes;
 }
