@@ -260,6 +260,7 @@ EMU_LINEAR = [
     (48, 48, 5, (32, 32), 0.0, ()),          # density 0
     (48, 64, 7, (16, 16), 1.0, ()),          # main loop: as many chunks as stages (fp32: 4)
     (112, 48, 33, (16, 16), 1.0, ()),        # rows: chunks = stages - 1; dX columns: 7 > stages
+    (48, 96, 7, (32, 32), 1.0, ()),          # tensor cores' 32-deep chunks: as many as stages
 ]
 # (c_out, c_in, kernel, stride, padding, dilation, upsample, hw, batch, block, density)
 EMU_CONV = [

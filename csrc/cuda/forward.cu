@@ -3,7 +3,7 @@
 // Grid (tile_grid): x = block rows, y/z = tiles of TM output pixels. A CTA owns TM pixels × the
 // block row's NP (bn padded to 16/32/64) output channels, walks the row's kept blocks from
 // row_ptr/col_idx (read on the device, so the grid depends on shapes only) and runs the main
-// loop (mainloop.cuh) over each block's K columns in chunks of KC: A = the input rows of its
+// loop (mainloop.cuh) over each block's K columns in chunks: A = the input rows of its
 // pixels at the block's tap (gathered through the pixel's window origin; zero-filled where the
 // tap reads padding or the pixel is past M), B = the block's W rows as stored (K-contiguous).
 // The math is FFMA (fp32; bf16/fp16 with tensor cores off) or mma.sync (bf16/fp16).
@@ -43,7 +43,7 @@ forward_kernel(const Dims d, const int tiles, const int32_t* __restrict__ row_pt
 
   const Raw<T>* xr = reinterpret_cast<const Raw<T>*>(x);
   const Raw<T>* wr = reinterpret_cast<const Raw<T>*>(w);
-  // The walk: the next chunk to copy is kept block i, its columns [kc, kc + KC).
+  // The walk: the next chunk to copy is kept block i, its columns [kc, kc + Math::KC).
   int i = row_ptr[r], kc = 0;
   const int end = row_ptr[r + 1];
   int64_t off[A::PER_THREAD];  // x row of each of this thread's pixels at tap off_tap (-1: none)
@@ -72,7 +72,7 @@ forward_kernel(const Dims d, const int tiles, const int32_t* __restrict__ row_pt
       avail = n < rows ? width - kc - c : 0;
       return (int64_t)(n0 + n) * d.w_row_stride + k0 + c;
     });
-    kc += KC;
+    kc += Math::KC;
     if (kc >= width) {
       ++i;
       kc = 0;
@@ -92,10 +92,10 @@ forward_kernel(const Dims d, const int tiles, const int32_t* __restrict__ row_pt
   });
 }
 
-template <typename T, int NP, bool TENSOR_CORES>
+template <typename T, int NP, bool TENSOR_CORES, bool DEEP>
 void launch_forward(const Dims& d, const int32_t* row_ptr, const int32_t* col_idx, const void* x,
                     const void* w, const void* bias, void* y, cudaStream_t stream) {
-  using Math = MathFor<T, NP, /*B_KMAJOR=*/false, TENSOR_CORES>;
+  using Math = MathFor<T, NP, /*B_KMAJOR=*/false, TENSOR_CORES, DEEP>;
   const int tiles = cdiv(d.batch * d.out_h * d.out_w, Math::TM);
   forward_kernel<Math><<<tile_grid(d.grid_rows, tiles), Math::THREADS, 0, stream>>>(
       d, tiles, row_ptr, col_idx, static_cast<const T*>(x), static_cast<const T*>(w),
@@ -106,10 +106,12 @@ template <typename T, int NP>
 void launch_forward(bool tensor_cores, const Dims& d, const int32_t* row_ptr,
                     const int32_t* col_idx, const void* x, const void* w, const void* bias,
                     void* y, cudaStream_t stream) {
-  if (tensor_cores)
-    launch_forward<T, NP, true>(d, row_ptr, col_idx, x, w, bias, y, stream);
+  if (!tensor_cores)
+    launch_forward<T, NP, false, false>(d, row_ptr, col_idx, x, w, bias, y, stream);
+  else if (d.bk > 16)  // the reduction runs along bk
+    launch_forward<T, NP, true, true>(d, row_ptr, col_idx, x, w, bias, y, stream);
   else
-    launch_forward<T, NP, false>(d, row_ptr, col_idx, x, w, bias, y, stream);
+    launch_forward<T, NP, true, false>(d, row_ptr, col_idx, x, w, bias, y, stream);
 }
 
 }  // namespace

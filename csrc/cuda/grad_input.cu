@@ -8,8 +8,8 @@
 // pixels of a phase (tiles sized for the largest phase; CTAs past a phase's pixels exit at once).
 // A CTA owns TM input pixels × BKP (bk padded to 16/32/64) channels and, for each term, walks the
 // kept blocks of the column (tap, cb) from col_ptr/row_idx through the main loop (mainloop.cuh),
-// each block's output channels in chunks of KC: A = the dy rows of the output pixels the term
-// maps its pixels to (zero-filled where none), B = the block's W rows as stored ([KC][BKP]:
+// each block's output channels in chunks: A = the dy rows of the output pixels the term
+// maps its pixels to (zero-filled where none), B = the block's W rows as stored ([chunk][BKP]:
 // channel-contiguous, the reduction axis across rows). FFMA or mma.sync as in the forward.
 #include "mainloop.cuh"
 
@@ -153,7 +153,7 @@ grad_input_kernel(const Dims d, const Phases ph, const int32_t* __restrict__ col
       avail = s.nc + k < s.rows ? width - c : 0;
       return (int64_t)(s.n0 + s.nc + k) * d.w_row_stride + k0 + c;
     });
-    walk_next(d, ws, KC, s);
+    walk_next(d, ws, Math::KC, s);
     return true;
   };
 
@@ -185,10 +185,10 @@ Phases phases(const Dims& d, int tm) {
   return ph;
 }
 
-template <typename T, int NP, bool TENSOR_CORES>
+template <typename T, int NP, bool TENSOR_CORES, bool DEEP>
 void launch_grad_input(const Dims& d, const int32_t* col_ptr, const int32_t* row_idx,
                        const void* dy, const void* w, void* dx, cudaStream_t stream) {
-  using Math = MathFor<T, NP, /*B_KMAJOR=*/true, TENSOR_CORES>;
+  using Math = MathFor<T, NP, /*B_KMAJOR=*/true, TENSOR_CORES, DEEP>;
   const Phases ph = phases(d, Math::TM);
   const dim3 grid = tile_grid(d.blocks_per_tap, ph.step_h * ph.step_w * ph.tiles);
   grad_input_kernel<Math><<<grid, Math::THREADS, 0, stream>>>(
@@ -200,10 +200,12 @@ template <typename T, int NP>
 void launch_grad_input(bool tensor_cores, const Dims& d, const int32_t* col_ptr,
                        const int32_t* row_idx, const void* dy, const void* w, void* dx,
                        cudaStream_t stream) {
-  if (tensor_cores)
-    launch_grad_input<T, NP, true>(d, col_ptr, row_idx, dy, w, dx, stream);
+  if (!tensor_cores)
+    launch_grad_input<T, NP, false, false>(d, col_ptr, row_idx, dy, w, dx, stream);
+  else if (d.bn > 16)  // the reduction runs along bn
+    launch_grad_input<T, NP, true, true>(d, col_ptr, row_idx, dy, w, dx, stream);
   else
-    launch_grad_input<T, NP, false>(d, col_ptr, row_idx, dy, w, dx, stream);
+    launch_grad_input<T, NP, true, false>(d, col_ptr, row_idx, dy, w, dx, stream);
 }
 
 }  // namespace

@@ -3,20 +3,22 @@
 // the walk over kept blocks (which global rows a chunk reads) and the epilogue.
 //
 // A CTA owns an output tile of TM pixels × NP channels (NP: the block side padded to 16/32/64)
-// and reduces over a sequence of chunks of KC = 16 steps — a kept block's reduction axis (bk in
-// the forward, bn in dX) cut into pieces of 16. Per chunk two tiles are staged:
+// and reduces over a sequence of chunks of KC steps — a kept block's reduction axis (bk in the
+// forward, bn in dX) cut into pieces of KC: 16 for FFMA, and for the tensor cores 32 where that
+// axis is wider than 16, else 16 (two or one m16n8k16 steps). Per chunk two tiles are staged:
 //   A [TM][KC]  pixel rows, K-contiguous (gathered input rows in the forward, dy rows in dX);
 //   B [NP][KC]  (forward: W rows as stored, K-contiguous) or
 //   B [KC][NP]  (dX: W rows as stored, channel-contiguous: the reduction axis runs across rows).
 // Rows are padded by 16 bytes, which keeps every row 16-byte aligned for cp.async and ldmatrix
 // and puts the 8 rows an ldmatrix reads in 8 distinct bank groups.
 //
-// Why a 16-step chunk per stage and not a whole kept block: a 64-deep block costs (TM + NP)·64
-// elements per stage — 24 KiB in bf16 (TM = 128, NP = 64), 32 KiB in fp32 (TM = 64, NP = 64) —
-// so at most one or two stages in the 48 KiB of static shared memory, or opted-in dynamic shared
+// Why a chunk per stage and not a whole kept block: a 64-deep block costs (TM + NP)·64 elements
+// per stage — 24 KiB in bf16 (TM = 128, NP = 64), 32 KiB in fp32 (TM = 64, NP = 64) — so at
+// most one or two stages in the 48 KiB of static shared memory, or opted-in dynamic shared
 // memory and fewer CTAs per SM for more. Chunks keep STAGES (3-4) stages within 48 KiB at any
-// block size; at bk ≤ 16 (bn ≤ 16 in dX) a chunk is a kept block, so the loop has its one
-// barrier per kept block there, and one per 16 steps (per HMMA k-step) above.
+// block size. A chunk is a whole kept block, so the loop has its one barrier per kept block, up
+// to 32-deep blocks on the tensor cores and 16-deep ones with FFMA; deeper blocks take one
+// barrier per chunk (amortised over 256 FMAs per thread per chunk with FFMA).
 //
 // Pipeline (STAGES = S): chunk c lives in stage c % S and is copied by cp.async group c of every
 // thread (a group may be empty past the end of the walk, so that group numbers stay chunk
@@ -30,7 +32,6 @@
 namespace sparsekit {
 namespace cuda {
 
-constexpr int KC = 16;                // reduction steps per chunk (one mma.m16n8k16 deep)
 constexpr int SMEM_STATIC = 48 * 1024;  // static shared memory per CTA
 
 // Stage elements: raw bits (16-bit types are only moved, never converted, by the copies).
@@ -138,6 +139,7 @@ __device__ __forceinline__ void load4(const Raw<T>* p, float (&f)[4]) {
 template <typename T_, int NP, bool B_KMAJOR>
 struct Ffma {
   using T = T_;
+  static constexpr int KC = 16;  // a deeper fp32 stage would not fit 3 stages at TM = 128
   static constexpr int TM = NP == 64 ? 64 : 128;
   static constexpr int THREADS = TM * NP / 16;
   using A = Tile<T, TM, KC, THREADS>;
@@ -200,10 +202,12 @@ struct Ffma {
 
 // Tensor-core math (bf16/fp16, fp32 accumulation): warps tile the CTA 4 (pixels) × NP/WN
 // (channels), each warp WM = 32 × WN = min(32, NP) outputs as m16n8k16 tiles, fragments read
-// with ldmatrix.x4 (A: one 16×16 tile; B: two 8-channel tiles, .trans when staged [KC][NP]).
-template <typename T_, int NP, bool B_KMAJOR>
+// with ldmatrix.x4 (A: one 16×16 tile; B: two 8-channel tiles, .trans when staged [KC][NP]),
+// KC / 16 k-steps per chunk.
+template <typename T_, int NP, bool B_KMAJOR, int KC_>
 struct Mma {
   using T = T_;
+  static constexpr int KC = KC_;
   static constexpr int TM = 128, WM = 32, WN = NP < 32 ? NP : 32;
   static constexpr int WARPS_M = TM / WM, WARPS_N = NP / WN;
   static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
@@ -230,26 +234,30 @@ struct Mma {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int wm = warp % WARPS_M, wn = warp / WARPS_M;
     const int mi = lane / 8, r8 = lane % 8;  // the matrix and row this lane addresses
-    uint32_t a[MT][4], b[NT][2];
-    // A matrices 0..3: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (8-15, 8-15).
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-      ldmatrix<4, false>(a[mt], as + (wm * WM + mt * 16 + lane % 16) * A::LD + (lane / 16) * 8);
-    // B matrices 0..3: (tile 2p, k 0-7), (2p, k 8-15), (2p + 1, k 0-7), (2p + 1, k 8-15).
+    for (int k0 = 0; k0 < KC; k0 += 16) {
+      uint32_t a[MT][4], b[NT][2];
+      // A matrices 0..3: (rows 0-7, k 0-7), (8-15, k 0-7), (0-7, k 8-15), (8-15, k 8-15).
 #pragma unroll
-    for (int p = 0; p < NT / 2; ++p) {
-      const int n = wn * WN + (2 * p + mi / 2) * 8, k = (mi % 2) * 8;
-      uint32_t r[4];
-      if constexpr (B_KMAJOR)
-        ldmatrix<4, true>(r, bs + (k + r8) * B::LD + n);
-      else
-        ldmatrix<4, false>(r, bs + (n + r8) * B::LD + k);
-      b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
+      for (int mt = 0; mt < MT; ++mt)
+        ldmatrix<4, false>(a[mt],
+                           as + (wm * WM + mt * 16 + lane % 16) * A::LD + k0 + (lane / 16) * 8);
+      // B matrices 0..3: (tile 2p, k 0-7), (2p, k 8-15), (2p + 1, k 0-7), (2p + 1, k 8-15).
+#pragma unroll
+      for (int p = 0; p < NT / 2; ++p) {
+        const int n = wn * WN + (2 * p + mi / 2) * 8, k = k0 + (mi % 2) * 8;
+        uint32_t r[4];
+        if constexpr (B_KMAJOR)
+          ldmatrix<4, true>(r, bs + (k + r8) * B::LD + n);
+        else
+          ldmatrix<4, false>(r, bs + (n + r8) * B::LD + k);
+        b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mma_16816<T>(acc.v[mt][nt], a[mt], b[nt]);
     }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mma_16816<T>(acc.v[mt][nt], a[mt], b[nt]);
   }
 
   // Accumulator e of tile (mt, nt) is row g + 8·(e / 2), column 2t + e % 2 (lane = 4g + t).
@@ -268,11 +276,13 @@ struct Mma {
   }
 };
 
-// The math for element type T and padded side NP: tensor cores for 16-bit types unless off.
-// Kernels are instantiated for both; the launcher picks.
-template <typename T, int NP, bool B_KMAJOR, bool TENSOR_CORES>
-using MathFor = typename std::conditional<TENSOR_CORES && !std::is_same<T, float>::value,
-                                          Mma<T, NP, B_KMAJOR>, Ffma<T, NP, B_KMAJOR>>::type;
+// The math for element type T, padded side NP and reduction depth `deep` (padded reduction side
+// above 16): tensor cores for 16-bit types unless off, 32-step chunks where the blocks are deep.
+// Kernels are instantiated for each; the launcher picks.
+template <typename T, int NP, bool B_KMAJOR, bool TENSOR_CORES, bool DEEP>
+using MathFor =
+    typename std::conditional<TENSOR_CORES && !std::is_same<T, float>::value,
+                              Mma<T, NP, B_KMAJOR, DEEP ? 32 : 16>, Ffma<T, NP, B_KMAJOR>>::type;
 
 // Runs the pipeline described at the top: issue(a, b) copies the walk's next chunk into stage
 // (a, b) and returns true, or returns false once the walk is done (uniformly across the CTA).
