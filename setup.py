@@ -140,6 +140,12 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+def _headers(subdir):
+    """Headers an extension's objects depend on: setuptools rebuilds the extension only when a
+    source or one of these is newer than it (_needs_recompile then picks the objects)."""
+    return _sources(subdir, "*.h", "*.cuh") + _sources("common", "*.h")
+
+
 def _extensions():
     common = dict(cxx_std=17, include_dirs=[os.path.join("csrc", "common")])
     exts = [
@@ -150,6 +156,7 @@ def _extensions():
                                 "-Wno-psabi"],
             # Link the soname torch ships (libgomp.so.1) so only one OpenMP runtime is mapped.
             extra_link_args=["-fopenmp"],
+            depends=_headers("cpu"),
             **common,
         )
     ]
@@ -167,6 +174,7 @@ def _extensions():
                 library_dirs=lib_dirs,
                 libraries=["cudart_static", "rt", "dl", "pthread"],
                 extra_compile_args=["-O3"],
+                depends=_headers("cuda"),
                 cxx_std=17,
             )
         )

@@ -152,12 +152,11 @@ def _compiles(cxx, tmp, source):
     return r.returncode == 0
 
 
-@pytest.fixture(scope="module")
-def emulated_lib(tmp_path_factory):
+def _build_emulated(out, defines=()):
+    """The kernels compiled for the host emulation into ``out`` (``defines``: extra -D flags)."""
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if cxx is None or not (CUDA_SRC / "forward.cu").exists():
         pytest.skip("no C++ compiler (or no CUDA sources) to run the kernels in emulation")
-    out = tmp_path_factory.mktemp("cuda_emulation")
     if not _compiles(cxx, out, "#include <barrier>\nstd::barrier<> b(1);\n_Float16 h;\n"):
         pytest.skip(f"{cxx} lacks C++20 <barrier> or _Float16, which the emulation needs")
     units = []
@@ -169,10 +168,15 @@ def emulated_lib(tmp_path_factory):
     lib = out / "libsparsekit_cuda_emulated.so"
     cmd = [cxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-Wno-unknown-pragmas",
            f"-I{CUDA_SRC / 'emulation'}", f"-I{CUDA_SRC}", f"-I{ROOT / 'csrc' / 'common'}",
-           *units, "-o", str(lib)]
+           *defines, *units, "-o", str(lib)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"emulated build failed:\n{r.stderr[-4000:]}"
     return _EmulatedModule(ctypes.CDLL(str(lib)))
+
+
+@pytest.fixture(scope="module")
+def emulated_lib(tmp_path_factory):
+    return _build_emulated(tmp_path_factory.mktemp("cuda_emulation"))
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +258,9 @@ EMU_LINEAR = [
     (96, 80, 300, (64, 16), 0.5, ()),        # dW split two ways
     (33, 130, 1, (64, 64), 1.0, ()),         # one row, density 1
     (48, 48, 5, (32, 32), 0.0, ()),          # density 0
+    (48, 64, 7, (16, 16), 1.0, ()),          # main loop: as many chunks as stages (fp32: 4)
+    (112, 48, 33, (16, 16), 1.0, ()),        # rows: chunks = stages - 1; dX columns: 7 > stages
+    (48, 96, 7, (32, 32), 1.0, ()),          # tensor cores' 32-deep chunks: as many as stages
 ]
 # (c_out, c_in, kernel, stride, padding, dilation, upsample, hw, batch, block, density)
 EMU_CONV = [
@@ -290,6 +297,22 @@ def test_emulated_conv2d_matches_reference(emulated, monkeypatch, case):
     rows = -(-c_out // block[0])
     layout = make_layout(w.shape, block, density, empty_rows=(0,) if rows > 1 else ())
     _compare_ops(cuda, x, w, b, layout, make_geometry(stride, padding, dilation, up), dtype)
+
+
+def test_emulated_pixel_tiles_fold_into_grid_z(backend_module, tmp_path_factory, monkeypatch):
+    """Pixel tiles go on grid y, folded into z past 65535 (mainloop.cuh: tile_grid). Built with
+    the fold at 2 tiles, 7 tiles of pixels run as a 2 × 4 y/z grid with one CTA past the end."""
+    lib = _build_emulated(tmp_path_factory.mktemp("cuda_emulation_fold"),
+                          ["-DSPARSEKIT_GRID_Y_MAX=2"])
+    cuda = backend_module
+    monkeypatch.setattr(cuda, "_C_cuda", lib)
+    monkeypatch.setattr(cuda, "_launch_args", lambda t: (cuda.DTYPES[t.dtype], 0, 0))
+    monkeypatch.setattr(cuda, "_sm_count", lambda device: 4)
+    torch.manual_seed(0)
+    w, x, b = torch.randn(40, 24, 3, 3), torch.randn(2, 24, 20, 20), torch.randn(40)
+    layout = make_layout(w.shape, (16, 16), 0.5, empty_rows=(0,))
+    for dtype in (FP32, BF16):
+        _compare_ops(cuda, x, w, b, layout, make_geometry(1, 1, 1, 1), dtype)
 
 
 def test_emulated_dense_dw_gives_the_full_gradient(emulated, monkeypatch):

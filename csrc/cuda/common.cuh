@@ -1,15 +1,8 @@
 // Device-side helpers shared by the CUDA kernels: sizes as 32-bit ints, element conversion,
-// the implicit-GEMM coordinate maps, the launch preamble (device, error string) and the
-// tensor-core fragments.
-//
-// Two kernel families share one structure (a block owns an output tile, walks the kept blocks
-// from the index arrays on the device and streams the reduction axis through shared memory):
-// - FFMA (fp32; bf16/fp16 when tensor cores are switched off): a thread owns a 4×4 register
-//   tile of fp32 accumulators; chunks of KC steps are staged as fp32 (16-bit inputs converted
-//   as they are staged), each staged row padded by PAD floats (float4 reads stay aligned,
-//   staging stores avoid bank conflicts).
-// - Tensor cores (bf16/fp16, default): a warp owns up to 32×32 outputs as m16n8k16 tiles
-//   (mma.sync, fp32 accumulators); chunks of MMA_K steps are staged as raw 16-bit elements.
+// the implicit-GEMM coordinate maps, the launch preamble (device, error string), the tensor-core
+// fragments and the asynchronous-copy / ldmatrix wrappers (PTX on the device, the host model in
+// csrc/cuda/emulation under SPARSEKIT_CUDA_EMULATION). The forward/dX main loop built on them is
+// in mainloop.cuh; dW (grad_weight.cu) stages through registers with load8 and the *_frag loads.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -25,8 +18,7 @@
 namespace sparsekit {
 namespace cuda {
 
-constexpr int KC = 16;   // reduction steps per staged chunk (forward, dX)
-constexpr int PAD = 4;   // floats of padding per staged row
+constexpr int PAD = 4;   // floats of padding per staged row (dW)
 
 // Problem sizes as ints (every size fits; checked on the host), passed to kernels by value.
 struct Dims {
@@ -173,6 +165,76 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// ldmatrix.sync.aligned.m8n8.x{N}{.trans}.shared.b16: lanes 8i .. 8i + 7 give the 16-byte-aligned
+// rows of matrix i (lanes past 8N are ignored); lane 4·g + t gets in r[i] elements (g, 2t),
+// (g, 2t + 1) of matrix i, or (2t, g), (2t + 1, g) with TRANS — an mma.m16n8k16 fragment either
+// way, TRANS for an operand staged with the reduction axis across rows.
+template <int N, bool TRANS>
+__device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], const void* row) {
+#if defined(SPARSEKIT_CUDA_EMULATION)
+  emu_ldmatrix(r, row, TRANS);
+#else
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (N == 4 && TRANS)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  else if constexpr (N == 4)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  else if constexpr (N == 2 && TRANS)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+  else if constexpr (N == 2)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+  else if constexpr (TRANS)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
+                 : "=r"(r[0]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(a));
+#endif
+}
+
+// cp.async of SIZE (16 or 4) bytes global -> shared: src_bytes (< SIZE) are read and the rest
+// zero-filled, so src_bytes = 0 zero-fills without reading (src must still be a valid address).
+// 16-byte copies bypass L1 (.cg): the gathered rows are reused through L2 by the CTAs beside
+// this one, not by this CTA; 4-byte copies can only go through L1 (.ca).
+template <int SIZE>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, int src_bytes) {
+  static_assert(SIZE == 16 || SIZE == 4, "cp.async copies 4, 8 or 16 bytes; we use 16 and 4");
+#if defined(SPARSEKIT_CUDA_EMULATION)
+  emu_cp_async(dst, src, SIZE, src_bytes);
+#else
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if constexpr (SIZE == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(d), "l"(src), "r"(src_bytes) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+                 :: "r"(d), "l"(src), "r"(src_bytes) : "memory");
+#endif
+}
+
+// Closes this thread's group of cp.async issued since the last commit (possibly empty).
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(SPARSEKIT_CUDA_EMULATION)
+  emu_cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are in flight. Other threads' copies
+// are theirs to wait for: a barrier after this makes a whole stage visible.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(SPARSEKIT_CUDA_EMULATION)
+  emu_cp_async_wait(N);
+#else
+  asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
 #endif
 }
 

@@ -3,17 +3,21 @@
 // files as C++20 with every `kernel<<<grid, block, smem, stream>>>(args)` rewritten to
 // `emu_launch(kernel, emu_cfg(grid, block, smem, stream), args)`. Blocks run one after another,
 // each on blockDim.x OS threads, so __syncthreads is a real barrier and __shared__ (a function
-// static) is shared by the block's threads; mma.sync is modelled warp-wide from the PTX ISA's
-// fragment layout (SPARSEKIT_CUDA_EMULATION selects that model in common.cuh). It checks
-// indexing, masking, fragment placement and barrier logic — not speed, the GPU's memory model,
-// or anything specific to nvcc and setup.py.
+// static) is shared by the block's threads; mma.sync and ldmatrix are modelled warp-wide from the
+// PTX ISA's fragment layouts, and cp.async strictly: a thread's copies land only when its
+// cp.async.wait_group retires their group (SPARSEKIT_CUDA_EMULATION selects these models in
+// common.cuh). It checks indexing, masking, fragment placement, barrier and cp.async group logic
+// — not speed, the GPU's memory model beyond that, or anything specific to nvcc and setup.py.
 #pragma once
 #include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -26,6 +30,9 @@ struct dim3 {
 };
 struct float4 {
   float x, y, z, w;
+};
+struct uint2 {
+  unsigned x, y;
 };
 struct uint4 {
   unsigned x, y, z, w;
@@ -72,6 +79,7 @@ inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
 struct EmuWarp {
   std::barrier<> barrier{32};
   uint32_t a[32][4], b[32][2];
+  const uint16_t* rows[32];  // ldmatrix: the row each lane points at
 };
 inline std::vector<std::unique_ptr<EmuWarp>> emu_warps;
 
@@ -114,6 +122,72 @@ inline void emu_mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t 
   w.barrier.arrive_and_wait();  // fragments may be overwritten by the next call
 }
 
+// A misuse the hardware would fault on or silently get wrong (misaligned addresses, a partial
+// warp): loud, so that a test cannot pass over it.
+[[noreturn]] inline void emu_fault(const char* what) {
+  std::fprintf(stderr, "sparsekit CUDA emulation: %s\n", what);
+  std::abort();
+}
+
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}{.trans}.shared.b16: lanes 8i .. 8i + 7 point at the rows of
+// matrix i (16 bytes each, 16-byte aligned); lane 4·g + t receives, in register i, elements
+// (g, 2t) and (g, 2t + 1) of matrix i — with .trans, elements (2t, g) and (2t + 1, g).
+template <int N>
+void emu_ldmatrix(uint32_t (&r)[N], const void* row, bool trans) {
+  static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
+  const unsigned lane = threadIdx.x % 32;
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) emu_fault("ldmatrix row not 16-byte aligned");
+  EmuWarp& w = *emu_warps[threadIdx.x / 32];
+  w.rows[lane] = static_cast<const uint16_t*>(row);  // lanes >= 8·N: ignored, as on the GPU
+  w.barrier.arrive_and_wait();
+  const int g = lane / 4, t = lane % 4;
+  for (int i = 0; i < N; ++i) {
+    auto at = [&](int rr, int cc) { return uint32_t(w.rows[8 * i + rr][cc]); };
+    r[i] = trans ? at(2 * t, g) | at(2 * t + 1, g) << 16 : at(g, 2 * t) | at(g, 2 * t + 1) << 16;
+  }
+  w.barrier.arrive_and_wait();  // rows may be overwritten by the next call
+}
+
+// cp.async.{ca,cg}.shared.global [dst], [src], size, src_size: queued per thread, one queue per
+// commit group, and performed (src_size bytes copied, the rest of `size` zero-filled) only when
+// the thread's cp.async.wait_group retires the group; until then dst holds all-ones bytes (NaN in
+// fp32, bf16 and fp16), as undefined as on the GPU. So a kernel that reads a stage before waiting
+// for it, lets another thread read it before a barrier, or refills a stage another thread may
+// still be reading, reads NaN or stale data.
+struct EmuCopy {
+  void* dst;
+  const void* src;
+  int size, src_size;
+};
+struct EmuAsyncCopies {
+  std::vector<EmuCopy> open;               // issued since the last commit
+  std::deque<std::vector<EmuCopy>> groups;  // committed, oldest first
+};
+inline thread_local EmuAsyncCopies emu_async;
+
+inline void emu_cp_async(void* dst, const void* src, int size, int src_size) {
+  const bool reads = src_size > 0;
+  if (reinterpret_cast<uintptr_t>(dst) % size || (reads && reinterpret_cast<uintptr_t>(src) % size))
+    emu_fault("cp.async address not aligned to the copy size");
+  if (src_size < 0 || src_size > size) emu_fault("cp.async src-size outside [0, size]");
+  std::memset(dst, 0xff, size);
+  emu_async.open.push_back(EmuCopy{dst, src, size, src_size});
+}
+inline void emu_cp_async_commit() {
+  emu_async.groups.push_back(std::move(emu_async.open));
+  emu_async.open.clear();
+}
+// cp.async.wait_group n: every committed group but the newest n has landed.
+inline void emu_cp_async_wait(int n) {
+  while (static_cast<int>(emu_async.groups.size()) > n) {
+    for (const EmuCopy& c : emu_async.groups.front()) {
+      if (c.src_size > 0) std::memcpy(c.dst, c.src, c.src_size);
+      std::memset(static_cast<char*>(c.dst) + c.src_size, 0, c.size - c.src_size);
+    }
+    emu_async.groups.pop_front();
+  }
+}
+
 struct EmuConfig {
   dim3 grid, block;
 };
@@ -145,6 +219,7 @@ void emu_launch(void (*kernel)(Params...), EmuConfig cfg, Args... args) {
         for (unsigned by = 0; by < cfg.grid.y; ++by)
           for (unsigned bx = 0; bx < cfg.grid.x; ++bx) {
             blockIdx = dim3(bx, by, bz);
+            emu_async = EmuAsyncCopies{};  // copies a block left pending die with it
             kernel(args...);
             barrier.arrive_and_wait();  // the next block may reuse the shared statics
           }
