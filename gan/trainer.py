@@ -146,10 +146,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def _z(self, n):
-        return self.dist.local_rows(torch.randn(n, self.G.z_dim, generator=self.noise)).to(self.device)
+        return self._to_device(self.dist.local_rows(torch.randn(n, self.G.z_dim, generator=self.noise)))
 
     def _real(self):
-        return self.batches.next().to(self.device)
+        return self._to_device(self.batches.next())
+
+    def _to_device(self, host_tensor):
+        """A host tensor on the run's device. To a GPU through pinned memory and asynchronously:
+        a copy from pageable memory would wait for the device (a sync per D and G step)."""
+        if self.device.type != "cuda":
+            return host_tensor
+        return host_tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _autocast(self):
         """The forward passes' precision context: bf16 autocast for --precision bf16 (sparse ops
