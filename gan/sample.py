@@ -21,7 +21,9 @@ def main(argv=None):
     parser.add_argument("checkpoint", help="a checkpoint.pt written by gan.train")
     parser.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
     parser.add_argument("--out", default="samples.png", help="PNG grid path (default: samples.png)")
-    parser.add_argument("--tensor", default=None, help="also save the samples [n, 3, 32, 32] here (torch.save)")
+    parser.add_argument("--tensor", default=None,
+                        help="also save the samples [n, 3, R, R] here (torch.save; R: the run's "
+                             "--resolution)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     args = parser.parse_args(argv)
     if args.n <= 0:
