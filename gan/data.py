@@ -13,10 +13,11 @@ that takes a path). Specs (``--data``):
 - ``cifar10:/path``: the standard python batches (``data_batch_1..5``) in /path, held in memory
   as uint8 (150 MB) and converted per image. The batches are pickles: they are read with an
   unpickler that builds numpy arrays, lists and strings only, so a file can never run code.
-- ``folder:/path``: every .png/.jpg/.jpeg under /path (label = its sub-folder, images directly in
-  /path form one class). Only the file list is read at start; each image is decoded when served
-  (in DataLoader worker processes: ``--workers``), its shorter side resized to R and the centre
-  cropped to R×R.
+- ``folder:/path``: every .png/.jpg/.jpeg under /path, hidden files and folders left out (label =
+  its sub-folder, images directly in /path form one class). Only the file list is read at start;
+  each image is decoded when served (in DataLoader worker processes: ``--workers``), its shorter
+  side resized to R and the centre cropped to R×R. An unreadable image stops the run with an
+  error naming its file.
 
 torchvision's ``CIFAR10``/``ImageFolder`` are not used: the first unpickles with plain ``pickle``
 (a file could run code) and wants its own directory layout, the second refuses a folder without
@@ -104,7 +105,7 @@ class ImageData:
         name: the data's name as the metrics report it ("digits", "cifar10", "folder:/path").
         resolution: R (taken from a tensor ``items`` when not given).
         decodes_files: items are read and decoded from files on access (DataLoader worker
-            processes pay off; ``--workers auto`` starts them only then).
+            processes pay off: ``--workers``' default starts them only then).
     """
 
     items: Dataset
@@ -131,13 +132,19 @@ class ImageData:
     def gather(self, indices, workers: int = 0) -> torch.Tensor:
         """Images ``indices`` (a sequence or 1-D tensor of ints) stacked: ``[n, 3, R, R]``;
         decoded by ``workers`` processes when the items read files."""
+        batches = list(self.batches(indices, workers=workers))
+        return torch.cat(batches) if batches else torch.empty(0, 3, self.resolution, self.resolution)
+
+    def batches(self, indices, batch_size: int = 256, workers: int = 0):
+        """Images ``indices`` in order, as batches ``[≤ batch_size, 3, R, R]`` from one
+        DataLoader (``workers`` processes when the items read files): a large subset is streamed
+        with bounded memory."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
         if isinstance(self.items, TensorImages):
-            return self.items.images[indices]
-        loader = DataLoader(Subset(self.items, indices.tolist()), batch_size=256,
-                            num_workers=workers if self.decodes_files else 0)
-        batches = list(loader)
-        return torch.cat(batches) if batches else torch.empty(0, 3, self.resolution, self.resolution)
+            yield from (self.items.images[chunk] for chunk in indices.split(batch_size))
+            return
+        yield from DataLoader(Subset(self.items, indices.tolist()), batch_size=batch_size,
+                              num_workers=workers if self.decodes_files else 0)
 
 
 def _from_unit(images_01: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -223,7 +230,8 @@ def load_cifar10(root: str, resolution: int = 32) -> ImageData:
                 batch = _ArraysOnly(f, encoding="latin1").load()
             x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             y = np.asarray(batch["labels"], dtype=np.int64)
-        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError) as e:
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, IndexError,
+                ImportError) as e:  # ImportError: pickled by a numpy 2, read by a numpy 1
             raise ValueError(f"cifar10: {path} is not a CIFAR-10 python batch ({e})") from None
         xs.append(x)
         ys.append(y)
@@ -231,12 +239,22 @@ def load_cifar10(root: str, resolution: int = 32) -> ImageData:
                      10, "cifar10", resolution)
 
 
+def _image_paths(root: str) -> list[str]:
+    """Sorted paths of the images under ``root``, hidden files and folders left out (macOS's
+    ``._name.jpg`` AppleDouble companions and ``.Trashes``, thumbnails caches: not images)."""
+    paths = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        paths += [os.path.join(folder, f) for f in files
+                  if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
+    return sorted(paths)
+
+
 @dataset("folder", takes_path=True)
 def load_folder(root: str, resolution: int = 32) -> ImageData:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"folder: {root!r} is not a directory")
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
-                   if f.lower().endswith(IMAGE_SUFFIXES))
+    paths = _image_paths(root)
     if not paths:
         raise ValueError(f"folder: no .png/.jpg/.jpeg images under {root!r}")
     folders = [os.path.relpath(os.path.dirname(p), root) for p in paths]

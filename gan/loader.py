@@ -9,8 +9,8 @@ The position — (epoch, global batches consumed in it) — therefore means the 
 size, which is what lets ``--resume`` change the number of processes.
 
 A batch is ``[b, 3, R, R]`` float32 in [-1, 1], on the CPU (pinned when asked). Data that decode
-files (``folder:``) are decoded by ``workers`` persistent worker processes per rank, which
-prefetch the next batches while the step runs.
+files (``folder:``) are decoded by ``workers`` worker processes per rank, which prefetch the
+next batches while the step runs.
 """
 
 from __future__ import annotations
@@ -64,10 +64,11 @@ class InfiniteBatches:
         self.local_batch = local_batch(batch_size, world_size)
         self.sampler = _ResumableSampler(data.items, world_size, rank, seed)
         # The loader's own generator: creating an iterator then never draws from torch's global RNG.
-        # Persistent workers: an epoch boundary or a resume does not restart the processes.
+        # Workers belong to one epoch's iterator (not persistent): dropping it (``close``, an epoch
+        # boundary, a resume) stops them — a second of start-up per epoch at most.
         self.loader = DataLoader(data.items, batch_size=self.local_batch, sampler=self.sampler,
                                  drop_last=True, pin_memory=pin_memory, generator=torch.Generator(),
-                                 num_workers=workers, persistent_workers=workers > 0)
+                                 num_workers=workers)
         self.epoch, self.position = 0, 0
         self._batches = None
 
@@ -82,6 +83,10 @@ class InfiniteBatches:
             batch = next(self._batches)
         self.position += 1
         return batch
+
+    def close(self):
+        """Stop this epoch's worker processes now (``next`` starts new ones if called again)."""
+        self._batches = None
 
     def _start(self):
         self.sampler.set_epoch(self.epoch)

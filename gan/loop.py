@@ -134,6 +134,7 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
                 checkpoint.save(trainer.state_dict(), ckpt_path)
     finally:
         bar.close()
+        trainer.batches.close()  # its DataLoader workers, before the next run (lottery rounds)
         if main:
             log.close()
     summary = {

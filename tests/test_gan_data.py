@@ -91,6 +91,39 @@ def test_a_flat_folder_is_one_class_and_images_are_centre_cropped(tmp_path):
     assert torch.allclose(image[0], torch.ones(32, 32)) and torch.allclose(image[2], -torch.ones(32, 32))
 
 
+def test_hidden_files_and_folders_are_not_images(tmp_path):
+    _image_folder(tmp_path, ["a.png", "b/c.png"])
+    (tmp_path / "._a.png").write_bytes(b"AppleDouble")  # macOS's resource-fork companion
+    (tmp_path / ".thumbs").mkdir()
+    _image_folder(tmp_path, [".thumbs/d.png"])
+    data = load(f"folder:{tmp_path}")
+    assert data.items.paths == [str(tmp_path / "a.png"), str(tmp_path / "b" / "c.png")]
+
+
+def test_batches_stream_a_subset_in_order(tmp_path):
+    _image_folder(tmp_path, [f"{i:02d}.png" for i in range(7)])
+    data = load(f"folder:{tmp_path}")
+    picked = [6, 0, 3, 2, 5]
+    batches = list(data.batches(picked, batch_size=2, workers=2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert torch.equal(torch.cat(batches), torch.stack([data.items[i] for i in picked]))
+    digits = load("digits")
+    assert [len(b) for b in digits.batches(range(5), batch_size=2)] == [2, 2, 1]
+
+
+def test_closing_the_batches_stops_their_worker_processes(tmp_path):
+    import multiprocessing
+
+    _image_folder(tmp_path, [f"{i}.png" for i in range(8)])
+    stream = InfiniteBatches(load(f"folder:{tmp_path}"), 2, seed=0, workers=2)
+    stream.next()
+    assert len(multiprocessing.active_children()) >= 2
+    stream.close()
+    assert multiprocessing.active_children() == []
+    assert stream.next().shape == (2, 3, 32, 32)  # starts again where it was
+    stream.close()
+
+
 def test_a_broken_image_names_its_file(tmp_path):
     _image_folder(tmp_path, ["a.png"])
     (tmp_path / "b.png").write_bytes(b"not a png")
