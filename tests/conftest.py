@@ -24,3 +24,11 @@ def classifier_cache(tmp_path_factory):
         del os.environ["SPARSEKIT_CACHE"]
     else:
         os.environ["SPARSEKIT_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits at 32×32 (gan.data), loaded once."""
+    from gan.data import load
+
+    return load("digits")

@@ -12,7 +12,6 @@ import torch
 
 from gan import checkpoint
 from gan.config import Config
-from gan.data import load_digits
 from gan.models import alphagan, build, genotype
 from gan.models.alphagan import AlphaGANGenerator, Edge
 from gan.search import SearchTrainer
@@ -26,14 +25,8 @@ TINY_SEARCH = TINY + ["--method", "alphagan-search", "--n-dis", "1", "--search-i
                       "--search-worst", "2", "--search-outer", "2"]
 
 
-@pytest.fixture(autouse=True)
-def _classifier_cache(classifier_cache):
-    """Every test here uses the session's private classifier cache."""
+pytestmark = pytest.mark.usefixtures("classifier_cache")  # the session's private classifier cache
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits()
 
 
 def _one_hot_logits(n, k):

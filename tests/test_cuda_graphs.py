@@ -16,7 +16,6 @@ import torch
 
 from gan import checkpoint, graphs, losses
 from gan.config import Config
-from gan.data import load
 from gan.distributed import Distributed
 from gan.loop import run
 from gan.train import main
@@ -29,14 +28,8 @@ NEVER = 10 ** 9  # warm-ups: a graph-mode run that never captures (every step ea
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(autouse=True)
-def _classifier_cache(classifier_cache):
-    """Every test here uses the session's private classifier cache."""
+pytestmark = pytest.mark.usefixtures("classifier_cache")  # the session's private classifier cache
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,7 @@ from gan.metrics import canonical_metrics, evaluate, fd_name, frechet_distance
 from gan.metrics.classifier import metric_split
 
 
-@pytest.fixture(autouse=True)
-def _classifier_cache(classifier_cache):
-    """Every test here uses the session's private classifier cache."""
+pytestmark = pytest.mark.usefixtures("classifier_cache")  # the session's private classifier cache
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero():

@@ -18,9 +18,7 @@ ARTEFACTS = ["config.json", "log.csv", "metrics.jsonl", "checkpoint.pt", "summar
              "samples/latest.png"]
 
 
-@pytest.fixture(autouse=True)
-def _classifier_cache(classifier_cache):
-    """Every test here uses the session's private classifier cache."""
+pytestmark = pytest.mark.usefixtures("classifier_cache")  # the session's private classifier cache
 
 
 @pytest.mark.parametrize("method", ["dense", "static", "set", "rigl", "stu-gan", "sdst", "ddst",

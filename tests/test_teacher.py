@@ -15,7 +15,6 @@ from torch import nn
 import sparsekit
 from gan import checkpoint, losses
 from gan.config import Config
-from gan.data import load
 from gan.loop import run
 from gan.teacher import Distillation, Teacher, network_cost
 from gan.train import main
@@ -26,14 +25,8 @@ TINY_ARGV = ["--model", "dcgan", "--width", "0.125", "--batch-size", "8", "--eva
              "--metrics", "coverage", "--log-every", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _classifier_cache(classifier_cache):
-    """Every test here uses the session's private classifier cache."""
+pytestmark = pytest.mark.usefixtures("classifier_cache")  # the session's private classifier cache
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
 
 
 @pytest.fixture(scope="module")
