@@ -167,3 +167,27 @@ def test_weight_grad_comes_back_in_the_weights_own_strides(name, monkeypatch):
     got = backend.conv2d_dw(dy, x, w, idx, geom, False)
     assert got.stride() == w.stride()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_reference_runs_a_dilated_one_by_one_conv_undilated():
+    """torch 2.14's oneDNN segfaults on this channels_last 1×1 conv (stride 2, padding 1,
+    dilation 2, bias, width-1 input); dilation means nothing on a one-tap axis, so the oracle
+    runs it undilated — the same convolution (checked against an NCHW dense conv)."""
+    x = torch.randn(3, 18, 6, 1, requires_grad=True)
+    weight = torch.randn(35, 18, 1, 1, requires_grad=True)
+    bias = torch.randn(35, requires_grad=True)
+    layout = make_layout(weight.shape, (16, 16), 1.0, full=True)
+    previous = sparsekit.get_backend()
+    sparsekit.set_backend("reference")
+    try:
+        y = block_sparse_conv2d(x.contiguous(memory_format=torch.channels_last), weight, layout,
+                                bias, stride=2, padding=1, dilation=2)
+        y.sum().backward()
+    finally:
+        sparsekit.set_backend(previous)
+    x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    y2 = torch.nn.functional.conv2d(x2, w2, b2, stride=2, padding=1, dilation=2)  # NCHW: no crash
+    y2.sum().backward()
+    torch.testing.assert_close(y, y2)
+    for a, b in ((x.grad, x2.grad), (weight.grad, w2.grad), (bias.grad, b2.grad)):
+        torch.testing.assert_close(a, b)

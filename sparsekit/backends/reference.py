@@ -35,6 +35,13 @@ def _upsampled(x, geom: ConvGeometry):
     return F.interpolate(x, scale_factor=geom.upsample, mode="nearest")
 
 
+def _dilation(geom: ConvGeometry, weight):
+    """``geom``'s dilation with 1 on a kernel axis of one tap, where dilation means nothing: torch
+    2.14's oneDNN segfaults on a channels_last 1×1 conv with stride 2, padding 1, dilation 2 and a
+    bias (input width 1), and the undilated call is the same convolution."""
+    return tuple(1 if k == 1 else d for k, d in zip(weight.shape[2:], geom.dilation))
+
+
 class ReferenceBackend(Backend):
     name = "reference"
     device_types = ()  # never picked by priority: the announced fallback of every device
@@ -47,7 +54,7 @@ class ReferenceBackend(Backend):
             return F.linear(x, _masked(weight, idx), bias)
         geom = p.geometry()
         y = F.conv2d(_upsampled(x, geom), _masked(weight, idx), bias, geom.stride, geom.padding,
-                     geom.dilation)
+                     _dilation(geom, weight))
         return y.contiguous(memory_format=torch.channels_last)
 
     def grad_input(self, p, dy, weight, idx):
@@ -57,7 +64,7 @@ class ReferenceBackend(Backend):
         big_hw = (u * p.in_h, u * p.in_w)
         dx = torch.nn.grad.conv2d_input((dy.shape[0], weight.shape[1], *big_hw),
                                         _masked(weight, idx), dy, geom.stride, geom.padding,
-                                        geom.dilation)
+                                        _dilation(geom, weight))
         if u > 1:  # nearest upsampling's adjoint: sum each u×u patch
             b, c = dx.shape[:2]
             dx = dx.reshape(b, c, p.in_h, u, p.in_w, u).sum(dim=(3, 5))
@@ -75,7 +82,7 @@ class ReferenceBackend(Backend):
                 # relative error 0.64); its NCHW path is right, so the oracle takes that one.
                 x, dy = x.contiguous(), dy.contiguous()
             dw = torch.nn.grad.conv2d_weight(x, weight.shape, dy, geom.stride, geom.padding,
-                                             geom.dilation)
+                                             _dilation(geom, weight))
         if not dense_dw:
             dw = _mask_like(dw, weight, idx)
         return torch.empty_like(weight).copy_(dw)
