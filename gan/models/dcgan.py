@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import UpsampleConv, xavier_init_
-from .sngan import _doublings
+from .layers import UpsampleConv, doublings, xavier_init_
 
 
 def _channels(width):
@@ -27,7 +26,7 @@ class DCGANGenerator(nn.Module):
         self.z_dim, self.c = z_dim, c
         self.fc = nn.Linear(z_dim, 4 * 4 * 4 * c)
         self.bn0 = nn.BatchNorm2d(4 * c)
-        self.stages = _doublings(resolution, 4)
+        self.stages = doublings(resolution, 4)
         c_in = 4 * c
         for i in range(1, self.stages + 1):  # up1, bn1, up2, bn2, …: the 32×32 model's names
             c_out = max(c, c_in // 2)
@@ -49,7 +48,7 @@ class DCGANDiscriminator(nn.Module):
     def __init__(self, width=1.0, resolution=32):
         super().__init__()
         c = _channels(width)
-        self.convs = 1 + _doublings(resolution, 4)
+        self.convs = 1 + doublings(resolution, 4)
         self.conv1 = nn.Conv2d(3, c, 3, padding=1)
         c_in = c
         for i in range(2, self.convs + 1):  # conv2, conv3, …: halve the side, to 4×4

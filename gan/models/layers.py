@@ -30,6 +30,15 @@ class UpsampleConv(nn.Module):
         return conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+def doublings(resolution, start):
+    """How many 2× steps take ``start`` to ``resolution`` (a power of two ≥ ``start``): the
+    up-stages of a generator from a ``start``² map, or the down-stages of a discriminator."""
+    steps = (resolution // start).bit_length() - 1
+    if resolution < start or start << steps != resolution:
+        raise ValueError(f"resolution must be a power of two >= {start}, got {resolution}")
+    return steps
+
+
 def upsample2(x):
     return F.interpolate(x, scale_factor=2, mode="nearest")
 

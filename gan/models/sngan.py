@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import UpsampleConv, upsample2, xavier_init_
+from .layers import UpsampleConv, doublings, upsample2, xavier_init_
 
 
 def _channels(base, width):
@@ -36,21 +36,13 @@ class GBlock(nn.Module):
         return h + upsample2(self.shortcut(x))
 
 
-def _doublings(resolution, start):
-    """How many 2× steps take ``start`` to ``resolution`` (a power of two ≥ ``start``)."""
-    steps = (resolution // start).bit_length() - 1
-    if resolution < start or start << steps != resolution:
-        raise ValueError(f"resolution must be a power of two >= {start}, got {resolution}")
-    return steps
-
-
 class SNGANGenerator(nn.Module):
     def __init__(self, z_dim=128, width=1.0, resolution=32):
         super().__init__()
         c = _channels(256, width)
         self.z_dim, self.channels = z_dim, c
         self.fc = nn.Linear(z_dim, 4 * 4 * c)
-        self.blocks = nn.Sequential(*(GBlock(c, c) for _ in range(_doublings(resolution, 4))))
+        self.blocks = nn.Sequential(*(GBlock(c, c) for _ in range(doublings(resolution, 4))))
         self.bn = nn.BatchNorm2d(c)
         self.out = nn.Conv2d(c, 3, 3, padding=1)
         xavier_init_(self)
@@ -90,7 +82,7 @@ class SNGANDiscriminator(nn.Module):
     def __init__(self, width=1.0, resolution=32):
         super().__init__()
         c = _channels(128, width)
-        downs = [DBlock(c, c, True) for _ in range(_doublings(resolution, 16))]  # R/2 → 8
+        downs = [DBlock(c, c, True) for _ in range(doublings(resolution, 16))]  # R/2 → 8
         self.blocks = nn.Sequential(DBlock(3, c, True, first=True), *downs,
                                     DBlock(c, c, False), DBlock(c, c, False))
         self.fc = nn.Linear(c, 1)
