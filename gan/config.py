@@ -244,9 +244,10 @@ class Config:
         return self.stage1_steps if self.stage1_steps is not None else self.steps // 2
 
     def _validate_model_and_search(self):
-        if self.resolution not in models.RESOLUTIONS:
-            raise ValueError(f"--resolution must be one of {', '.join(map(str, models.RESOLUTIONS))}, "
-                             f"got {self.resolution}")
+        try:
+            models.check_resolution(self.resolution)
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
         try:
             models.check(self.model, self.resolution)
         except (ValueError, FileNotFoundError) as e:

@@ -50,15 +50,21 @@ RESOLUTIONS = (16, 32, 64, 128, 256)
 SN_TYPES = (nn.Conv2d, nn.Linear, sparsekit.SparseConv2d, sparsekit.SparseLinear)
 
 
+def check_resolution(resolution: int) -> int:
+    """Raise ValueError unless the models build for ``resolution``² images (``RESOLUTIONS``)."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {', '.join(map(str, RESOLUTIONS))}, got "
+                         f"{resolution!r}")
+    return resolution
+
+
 def check(name: str, resolution: int = 32) -> str:
     """Raise ValueError (FileNotFoundError for a missing genotype file) unless ``name`` is a
     model this module builds at ``resolution``; a genotype file is read and validated."""
     if not isinstance(name, str) or not (name in _MODULES or name in SUPERNETS
                                          or name.startswith("alphagan:")):
         raise ValueError(f"model must be one of {', '.join(MODEL_CHOICES)}, got {name!r}")
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution must be one of {', '.join(map(str, RESOLUTIONS))}, got "
-                         f"{resolution!r}")
+    check_resolution(resolution)
     if name not in _MODULES and resolution != 32:
         raise ValueError(f"{name}: AlphaGAN's generators are three cells, 4×4 → 32×32; "
                          f"resolution must be 32, got {resolution}")
@@ -106,7 +112,8 @@ def add_spectral_norm(D: nn.Module) -> nn.Module:
     return D
 
 
-__all__ = ["MODELS", "MODEL_CHOICES", "N_DIS", "RESOLUTIONS", "SN_TYPES", "SUPERNETS", "add_spectral_norm",
-           "build", "check", "default_n_dis", "is_supernet", "weight_parameters", "UpsampleConv",
-           "SNGANGenerator", "SNGANDiscriminator", "DCGANGenerator", "DCGANDiscriminator",
-           "AlphaGANGenerator", "genotype"]
+__all__ = ["MODELS", "MODEL_CHOICES", "N_DIS", "RESOLUTIONS", "SN_TYPES", "SUPERNETS",
+           "add_spectral_norm", "build", "check", "check_resolution", "default_n_dis",
+           "is_supernet", "weight_parameters", "UpsampleConv", "SNGANGenerator",
+           "SNGANDiscriminator", "DCGANGenerator", "DCGANDiscriminator", "AlphaGANGenerator",
+           "genotype"]
