@@ -147,12 +147,19 @@ class ImageData:
                               num_workers=workers if self.decodes_files else 0)
 
 
+def resize(images: torch.Tensor, side: int) -> torch.Tensor:
+    """``[N, C, h, w]`` → ``[N, C, side, side]``, bilinear (antialiased when shrinking); the same
+    tensor when it already has that size."""
+    if images.shape[-2:] == (side, side):
+        return images
+    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False,
+                         antialias=images.shape[-1] > side)
+
+
 def _from_unit(images_01: torch.Tensor, resolution: int) -> torch.Tensor:
     """[N, C, h, w] in [0, 1] (C = 1 or 3) → [N, 3, R, R] in [-1, 1] (bilinear resize; C = 1
     repeated)."""
-    if images_01.shape[-2:] != (resolution, resolution):
-        images_01 = F.interpolate(images_01, size=(resolution, resolution), mode="bilinear",
-                                  align_corners=False, antialias=images_01.shape[-1] > resolution)
+    images_01 = resize(images_01, resolution)
     if images_01.shape[1] == 1:
         images_01 = images_01.repeat(1, 3, 1, 1)
     return (images_01.clamp(0, 1) * 2 - 1).contiguous()

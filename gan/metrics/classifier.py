@@ -19,18 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import resize
+
 VERSION = 2  # 2: trained on the first half of metric_split (1: on 90 % of every image)
 FEATURES = 128
 RESOLUTION = 32  # the classifier's input side; other images are resized to it
 
 
 def to_classifier_resolution(images: torch.Tensor) -> torch.Tensor:
-    """``[N, 3, R, R]`` → ``[N, 3, 32, 32]`` (bilinear, antialiased when shrinking; unchanged at
-    R = 32)."""
-    if images.shape[-1] == RESOLUTION:
-        return images
-    return F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="bilinear", align_corners=False,
-                         antialias=images.shape[-1] > RESOLUTION)
+    """``[N, 3, R, R]`` → ``[N, 3, 32, 32]`` (gan.data.resize: unchanged at R = 32)."""
+    return resize(images, RESOLUTION)
 
 
 class DigitFeatures(nn.Module):
