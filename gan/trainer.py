@@ -61,6 +61,9 @@ class Trainer:
     def __init__(self, cfg: Config, data: ImageData, teacher: Teacher | None = None,
                  load_teacher: bool = True, dist: Distributed = SINGLE):
         cfg.validate()
+        if data.resolution != cfg.resolution:
+            raise ValueError(f"the data are {data.resolution}×{data.resolution}, the run's "
+                             f"--resolution is {cfg.resolution}")
         _set_precision(cfg)
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available here")
@@ -112,9 +115,6 @@ class Trainer:
         # The forward passes whose gradients are averaged over ranks (the modules themselves in
         # one process); G's step runs D itself, whose weights need no gradient there.
         self.ddp_G, self.ddp_D = dist.wrap(self.G), dist.wrap(self.D)
-        if data.resolution != cfg.resolution:
-            raise ValueError(f"the data are {data.resolution}×{data.resolution}, the run's "
-                             f"--resolution is {cfg.resolution}")
         self.batches = InfiniteBatches(data, cfg.batch_size, cfg.seed, dist.rank, dist.world_size,
                                        pin_memory=self.device.type == "cuda",
                                        workers=cfg.resolved_workers(data, dist.world_size))
