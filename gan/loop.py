@@ -137,6 +137,7 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
         trainer.batches.close()  # its DataLoader workers, before the next run (lottery rounds)
         if main:
             log.close()
+    densities = trainer.densities()  # reads every layer's kept count (a device sync each)
     summary = {
         "method": cfg.method, "model": cfg.model, "seed": cfg.seed, "steps": cfg.steps,
         "wall_time_s": time.perf_counter() - wall_start,
@@ -145,7 +146,7 @@ def run(cfg: Config, out: str, resume: bool = False, setup=None, on_step=None, d
         "block": cfg.block,
         "sparse_layers": cfg.sparse_layers or "preset",
         # kept fraction of the weights the engines manage, and of all of G's / D's weights
-        "densities": {"G": trainer.densities()["density_G"], "D": trainer.densities()["density_D"]},
+        "densities": {"G": densities["density_G"], "D": densities["density_D"]},
         "densities_all": trainer.densities_all(),
         "metrics": metrics,
         # share of balance-ratio samples (windowed, once the window is full) inside DDST's band
