@@ -205,6 +205,12 @@ _PLAIN = (bool, int, float, complex, str, torch.dtype, torch.device, torch.layou
           torch.memory_format)
 
 
+def registered_ops():
+    """Inside: the sparse layers run through their registered ops (``torch.ops.sparsekit``), not
+    the eager path, whose CPU dense route (``reference.dense_autograd``) rounds differently."""
+    return mock.patch.object(sparsekit.ops, "_EAGER_AVAILABLE", False)
+
+
 class HostGuard(TorchDispatchMode):
     """Runs a step as a CUDA-graph capture must: any host read of a device value raises
     :class:`HostSyncError`; records the op trace (op, arguments, tensor shapes and addresses) in
@@ -224,7 +230,7 @@ class HostGuard(TorchDispatchMode):
         self._patches = contextlib.ExitStack()
 
     def __enter__(self):
-        self._patches.enter_context(mock.patch.object(sparsekit.ops, "_EAGER_AVAILABLE", False))
+        self._patches.enter_context(registered_ops())
         for name in _HOST_METHODS:
             self._patches.enter_context(mock.patch.object(torch.Tensor, name,
                                                           self._refusing(name)))
@@ -304,6 +310,7 @@ class _Recording:
 class EmulatedGraphs:
     """A CPU stand-in for :class:`CUDAGraphs` with its semantics, for tests.
 
+    Warm-ups run the sparse layers through their registered ops, as captures and replays do.
     Capture runs the step once under :class:`HostGuard` and keeps the function, its outputs and
     its op trace. Replay runs the *captured* function again (never a later one: a real graph
     replays what it recorded) under the guard, raises :class:`GraphDivergence` unless the trace is
@@ -314,7 +321,8 @@ class EmulatedGraphs:
     device = torch.device("cpu")
 
     def warm_up(self, fn, inputs):
-        return fn(*inputs)
+        with registered_ops():  # as capture: a step's arithmetic must not depend on being captured
+            return fn(*inputs)
 
     def capture(self, key, fn, inputs):
         with HostGuard() as guard:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from . import backends
-from .backends import BlockIndex, routing
+from .backends import BlockIndex, reference, routing
 from .backends.problem import conv_problem, linear_problem
 from .geometry import ConvGeometry, make_geometry
 from .layout import BlockLayout
@@ -269,7 +269,9 @@ for _op in (linear_fwd, conv2d_fwd):
 # that cost 30–250 µs per op on a CPU and more on a GPU host — and run the same backends through
 # one autograd.Function; the registered ops above stay what torch.compile, opcheck and
 # torch.ops.sparsekit.* use. Same dispatch (_select), same kernels, same results; autocast gets
-# the ops' own rules (_AUTOCAST_DTYPE).
+# the ops' own rules (_AUTOCAST_DTYPE). One exception: a CPU layer that auto hands to masked
+# dense torch runs through torch's own autograd (reference.dense_autograd: dX, dW and db in one
+# oneDNN call), the same values as the registered ops' reference launchers up to rounding.
 
 
 def _torch_probe(name, *args):
@@ -307,17 +309,13 @@ class _EagerSparse(torch.autograd.Function):
     dense with ``dense_dw``) and db, each only when needed. ``geom`` None means linear."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, idx, geom, dense_dw):
+    def forward(ctx, x, weight, bias, idx, geom, dense_dw, backend):
         ctx.save_for_backward(x, weight)
         ctx.idx, ctx.geom, ctx.dense_dw = idx, geom, dense_dw
-        # as the registered ops' autocast rules: the kernels run with autocast off (inputs were
-        # cast by _autocast), so a reference fallback cannot mix dtypes
-        with torch.autocast(x.device.type, enabled=False) if x.device.type in _AUTOCAST_DTYPE \
-                else contextlib.nullcontext():
+        with _no_autocast(x):
             if geom is None:
-                return _select("linear_fwd", x, weight, idx).linear_fwd(x, weight, bias, idx)
-            return _select("conv2d_fwd", x, weight, idx, geom).conv2d_fwd(x, weight, bias, idx,
-                                                                          geom)
+                return backend.linear_fwd(x, weight, bias, idx)
+            return backend.conv2d_fwd(x, weight, bias, idx, geom)
 
     @staticmethod
     def backward(ctx, dy):
@@ -338,7 +336,30 @@ class _EagerSparse(torch.autograd.Function):
                 lambda dy: _select("conv2d_dw", dy, weight, idx, geom).conv2d_dw(
                     dy, x, weight, idx, geom, dense_dw),
                 (0, 2, 3))
-        return grads + (None, None, None)
+        return grads + (None, None, None, None)
+
+
+def _no_autocast(x):
+    """As the registered ops' autocast rules: the kernels run with autocast off (inputs were cast
+    by ``_autocast``), so a reference fallback cannot mix dtypes."""
+    if x.device.type in _AUTOCAST_DTYPE:
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _eager_apply(x, weight, bias, layout, geom):
+    """The eager path of the public functions: the forward pass's backend chosen once, then the
+    layer through ``_EagerSparse`` — or, where ``auto`` hands a CPU call to the reference backend
+    (the cpu backend declines by layout, dtype and ISA, alike for dX and dW), through torch's own
+    autograd (``reference.dense_autograd``: one fused dense backward)."""
+    x, weight, bias = _autocast(x, weight, bias)
+    idx = BlockIndex(*layout.index_tensors(), *layout.block)
+    op = "linear_fwd" if geom is None else "conv2d_fwd"
+    backend = _select(op, x, weight, idx, geom)
+    if _backend == "auto" and x.device.type == "cpu" and backend.name == backends.FALLBACK:
+        with _no_autocast(x):
+            return reference.dense_autograd(x, weight, bias, idx, geom, layout.dense_dw)
+    return _EagerSparse.apply(x, weight, bias, idx, geom, layout.dense_dw, backend)
 
 
 # ----------------------------------------------------------------------------------- public API
@@ -387,9 +408,7 @@ def block_sparse_linear(x: Tensor, weight: Tensor, layout: BlockLayout,
     lead = x.shape[:-1]
     x2 = x.reshape(-1, weight.shape[1]).contiguous()
     if _eager(x2, weight, bias):
-        x2, weight, bias = _autocast(x2, weight, bias)
-        idx = BlockIndex(*layout.index_tensors(), *layout.block)
-        y = _EagerSparse.apply(x2, weight.contiguous(), bias, idx, None, layout.dense_dw)
+        y = _eager_apply(x2, weight.contiguous(), bias, layout, None)
     else:
         y = torch.ops.sparsekit.linear_fwd(x2, weight.contiguous(), bias,
                                            *layout.index_tensors(), *layout.block,
@@ -418,11 +437,8 @@ def block_sparse_conv2d(x: Tensor, weight: Tensor, layout: BlockLayout, bias: Op
                          f"{tuple(x.shape[2:])}, kernel {tuple(weight.shape[2:])} and {geom}")
     cl = torch.channels_last
     if _eager(x, weight, bias):
-        x, weight, bias = _autocast(x, weight, bias)
-        idx = BlockIndex(*layout.index_tensors(), *layout.block)
-        return _EagerSparse.apply(x.contiguous(memory_format=cl),
-                                  weight.contiguous(memory_format=cl), bias, idx, geom,
-                                  layout.dense_dw)
+        return _eager_apply(x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl),
+                            bias, layout, geom)
     return torch.ops.sparsekit.conv2d_fwd(
         x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl), bias,
         *layout.index_tensors(), *layout.block, list(geom.stride), list(geom.padding),

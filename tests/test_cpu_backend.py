@@ -246,3 +246,38 @@ def test_eager_path_equals_the_registered_ops_bit_for_bit(monkeypatch):
             run_with_grads("cpu", lambda x, w: block_sparse_linear(x, w, layout_l), [xl, wl]))
     for (y0, g0), (y1, g1) in zip(runs[True], runs[False]):
         assert torch.equal(y0, y1) and all(torch.equal(a, c) for a, c in zip(g0, g1))
+
+
+# (weight shape, block, x shape, conv kwargs or None for linear)
+DENSE_ROUTE_CASES = [
+    ((48, 40, 3, 3), (16, 16), (2, 40, 7, 6), dict(padding=1)),
+    ((20, 6, 1, 1), (4, 2), (2, 6, 9, 7), dict(stride=2)),         # oneDNN's bad strided dW case
+    ((24, 16, 3, 3), (8, 8), (2, 16, 5, 4), dict(padding=1, upsample=2)),
+    ((40, 70), (16, 16), (9, 70), None),
+]
+
+
+@pytest.mark.parametrize("dense_dw", [False, True])
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("w_shape,block,x_shape,conv", DENSE_ROUTE_CASES)
+def test_auto_runs_declined_layers_through_torch_autograd(w_shape, block, x_shape, conv, full,
+                                                          dense_dw, monkeypatch):
+    """Where ``auto`` hands a CPU layer to dense torch it runs it through torch's own autograd
+    (one fused oneDNN backward, not the reference backend's separate dX and dW launchers), with
+    the reference backend's values and gradients: dW masked, or dense with ``dense_dw``."""
+    from sparsekit import ops
+
+    monkeypatch.setattr(ops, "_fallbacks", {})
+    torch.manual_seed(0)
+    w, x, b = torch.randn(w_shape), torch.randn(x_shape), torch.randn(w_shape[0])
+    layout = make_layout(w.shape, block, 0.9, full=full)
+    assert layout.bitmap.float().mean() > 0.8  # above every ISA's crossover
+    layout.dense_dw = dense_dw
+
+    def layer(x, w, b):
+        if conv is None:
+            return block_sparse_linear(x, w, layout, b)
+        return block_sparse_conv2d(x, w, layout, b, **conv)
+    with pytest.warns(UserWarning, match="reference backend"):
+        assert "_EagerSparse" not in type(layer(x, w.requires_grad_(), b).grad_fn).__name__
+    assert_matches_reference("auto", layer, [x, w.detach(), b])
