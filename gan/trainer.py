@@ -35,6 +35,10 @@ from .loader import InfiniteBatches
 from .models import SN_TYPES, add_spectral_norm, build, weight_parameters
 from .teacher import Teacher, distillation
 
+#: Adam on the CPU runs torch's fused kernel (one call per step; the default runs ~15 ops per
+#: Parameter). Its rounding differs from the other Adams' (tests comparing runs switch it off).
+FUSED_CPU_ADAM = True
+
 
 def _set_precision(cfg: Config):
     """fp32 (IEEE), tf32 (TF32 matmul/conv on CUDA, the Triton layers too) or bf16 (autocast
@@ -125,10 +129,13 @@ class Trainer:
 
     def _adam(self, params, lr):
         """Adam; for graphs capturable (step counts on the device) with the learning rate a
-        device tensor that ``_set_lr`` fills in place (a float would be baked into the graph)."""
+        device tensor that ``_set_lr`` fills in place (a float would be baked into the graph).
+        On the CPU the fused kernel (``FUSED_CPU_ADAM``): about 15 ms less of a 200 ms SNGAN
+        iteration at batch 16."""
         betas = (self.cfg.beta1, self.cfg.beta2)
         if self.graphs is None:
-            return torch.optim.Adam(params, lr=lr, betas=betas)
+            return torch.optim.Adam(params, lr=lr, betas=betas,
+                                    fused=FUSED_CPU_ADAM if self.device.type == "cpu" else None)
         return torch.optim.Adam(params, lr=torch.tensor(lr, device=self.device), betas=betas,
                                 capturable=True, foreach=True)
 
@@ -396,19 +403,20 @@ class Trainer:
 
 def _plain_adam_state(opt) -> dict:
     """``opt.state_dict()`` as a plain Adam writes it — lr a float, step counts on the CPU, not
-    capturable — so a checkpoint does not depend on --cuda-graphs."""
+    capturable, not fused — so a checkpoint does not depend on --cuda-graphs or the device."""
     state = opt.state_dict()
-    groups = [dict(g, lr=float(g["lr"]), capturable=False, foreach=None) for g in state["param_groups"]]
+    groups = [dict(g, lr=float(g["lr"]), capturable=False, foreach=None, fused=None)
+              for g in state["param_groups"]]
     per_param = {k: dict(v, step=v["step"].to("cpu", torch.float32)) for k, v in state["state"].items()}
     return {"state": per_param, "param_groups": groups}
 
 
 def _own_adam_settings(opt):
     """After ``opt.load_state_dict`` (whose param groups replace this optimizer's): this
-    optimizer's own lr object, capturable and foreach, and its step counts where it keeps them
-    (on the device when capturable)."""
+    optimizer's own lr object, capturable, foreach and fused, and its step counts where it keeps
+    them (on the device when capturable)."""
     for group in opt.param_groups:
-        group.update({k: opt.defaults[k] for k in ("lr", "capturable", "foreach")})
+        group.update({k: opt.defaults[k] for k in ("lr", "capturable", "foreach", "fused")})
         for p in group["params"]:
             state = opt.state.get(p)
             if state:
