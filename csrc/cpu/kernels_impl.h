@@ -280,6 +280,12 @@ void forward(const Problem& p, const Index& ix, const float* x, const float* w, 
   Buffer packed(sizeof(float) * (nnz > 0 ? nnz : 1) * p.bk * nv * VL);
   Buffer meta(sizeof(KeptBlock) * (nnz > 0 ? nnz : 1));
   pack_forward(p, ix, nnz, nv, w, packed.as<float>(), meta.as<KeptBlock>());
+  // Taps some kept block reads: the tiles set up input pointers for these only (at SNGAN's
+  // densities a layer keeps blocks at a few of its 9 taps, and the setup is per tile).
+  Buffer live_buf(sizeof(bool) * taps);
+  bool* tap_live = live_buf.as<bool>();
+  for (int64_t tap = 0; tap < taps; ++tap) tap_live[tap] = false;
+  for (int64_t i = 0; i < nnz; ++i) tap_live[meta.as<KeptBlock>()[i].tap] = true;
 
   const int64_t padded_n = p.grid_rows * p.bn + VL * MAX_NV;
   Buffer bias_buf(sizeof(float) * padded_n);
@@ -315,6 +321,7 @@ void forward(const Problem& p, const Index& ix, const float* x, const float* w, 
           const float* x_row = iy >= 0 ? x + (b * p.in_h + iy) * p.in_w * p.c_in : nullptr;
           for (int64_t kx = 0; kx < p.kw; ++kx) {
             const int64_t tap = ky * p.kw + kx;
+            if (!tap_live[tap]) continue;  // stays tap_ok false: no kept block reads it
             const int64_t ixc =
                 iy >= 0 ? input_coord(ox, kx, p.stride_w, p.pad_w, p.dil_w, p.upsample, p.in_w)
                         : -1;
@@ -456,6 +463,13 @@ void grad_input(const Problem& p, const Index& ix, const float* dy, const float*
   std::memset(zero_buf.ptr, 0, sizeof(float) * (p.grid_rows * p.bn + VL * MAX_NV));
   const float* zeros = zero_buf.as<float>();
 
+  // Taps whose block columns keep a block: the tiles set up dy pointers for these only.
+  const int64_t taps = p.kh * p.kw;
+  Buffer live_buf(sizeof(bool) * taps);
+  bool* tap_live = live_buf.as<bool>();
+  for (int64_t tap = 0; tap < taps; ++tap)
+    tap_live[tap] = ix.col_ptr[(tap + 1) * p.blocks_per_tap] > ix.col_ptr[tap * p.blocks_per_tap];
+
   const int64_t up = p.upsample;
   const int64_t step = p.stride_w / gcd(p.stride_w, up);
   const int64_t terms = up * up * p.kh * p.kw;
@@ -493,6 +507,8 @@ void grad_input(const Problem& p, const Index& ix, const float* dy, const float*
             const int64_t oy = output_coord(iy, sy, ky, p.stride_h, p.pad_h, p.dil_h, up, p.out_h);
             for (int64_t kx = 0; kx < p.kw; ++kx, ++term) {
               term_tap[term] = ky * p.kw + kx;
+              term_ok[term] = false;
+              if (!tap_live[term_tap[term]]) continue;  // no kept block: its pointers unread
               bool any = false;
               for (int64_t m = 0; m < MR; ++m) {
                 const int64_t ixc = phase + (j0 + m) * step;
