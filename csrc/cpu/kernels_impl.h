@@ -575,13 +575,17 @@ void grad_weight_chunk_any(int nvk, const float* dy, const int64_t* yo, const fl
 
 // The valid (output pixel, input pixel) pairs of each tap, as element offsets of their dy and
 // x rows: pairs[t] lists count[t] pairs (yo[t·M + q], xo[t·M + q]). Shared by every block of
-// the tap, so the per-pixel address arithmetic runs once per call, not once per block.
-void tap_pixel_pairs(const Problem& p, int64_t* count, int64_t* yo, int64_t* xo) {
+// the tap, so the per-pixel address arithmetic runs once per call, not once per block; taps
+// no listed block reads (tap_start[t] == tap_start[t + 1]) get none.
+void tap_pixel_pairs(const Problem& p, const int64_t* tap_start, int64_t* count, int64_t* yo,
+                     int64_t* xo) {
   const int64_t taps = p.kh * p.kw, M = p.batch * p.out_h * p.out_w;
 #pragma omp parallel for num_threads(p.threads) schedule(static)
   for (int64_t tap = 0; tap < taps; ++tap) {
     const int64_t ky = tap / p.kw, kx = tap % p.kw;
     int64_t n = 0;
+    count[tap] = 0;
+    if (tap_start[tap] == tap_start[tap + 1]) continue;
     for (int64_t b = 0; b < p.batch; ++b)
       for (int64_t oy = 0; oy < p.out_h; ++oy) {
         const int64_t iy = input_coord(oy, ky, p.stride_h, p.pad_h, p.dil_h, p.upsample, p.in_h);
@@ -612,11 +616,6 @@ void grad_weight(const Problem& p, const Index& ix, const float* dy, const float
   const int64_t acc_size = p.bn * vec_count(p.bk) * VL;  // one block's accumulator, padded
   const int threads = p.threads;
   if (count == 0) return;
-  Buffer pair_count(sizeof(int64_t) * taps);
-  Buffer pair_y(sizeof(int64_t) * taps * (M > 0 ? M : 1));
-  Buffer pair_x(sizeof(int64_t) * taps * (M > 0 ? M : 1));
-  tap_pixel_pairs(p, pair_count.as<int64_t>(), pair_y.as<int64_t>(), pair_x.as<int64_t>());
-
   // The listed blocks grouped by tap (a stable counting sort): by_tap[tap_start[t] ...].
   Buffer tap_start_buf(sizeof(int64_t) * (taps + 1));
   Buffer by_tap_buf(sizeof(int64_t) * count);
@@ -631,6 +630,11 @@ void grad_weight(const Problem& p, const Index& ix, const float* dy, const float
     for (int64_t t = 0; t < taps; ++t) fill[t] = tap_start[t];
     for (int64_t i = 0; i < count; ++i) by_tap[fill[ix.col_idx[i] / p.blocks_per_tap]++] = i;
   }
+  Buffer pair_count(sizeof(int64_t) * taps);
+  Buffer pair_y(sizeof(int64_t) * taps * (M > 0 ? M : 1));
+  Buffer pair_x(sizeof(int64_t) * taps * (M > 0 ? M : 1));
+  tap_pixel_pairs(p, tap_start, pair_count.as<int64_t>(), pair_y.as<int64_t>(),
+                  pair_x.as<int64_t>());
 
   Buffer partial_buf(sizeof(float) * threads * count * acc_size);
   float* partial = partial_buf.as<float>();
