@@ -31,8 +31,9 @@ class GBlock(nn.Module):
         self.shortcut = nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x):
-        h = self.conv1(F.relu(self.bn1(x)))
-        h = self.conv2(F.relu(self.bn2(h)))
+        # in place: batch norm's backward reads its input, not its output
+        h = self.conv1(F.relu(self.bn1(x), inplace=True))
+        h = self.conv2(F.relu(self.bn2(h), inplace=True))
         return h + upsample2(self.shortcut(x))
 
 
@@ -50,7 +51,7 @@ class SNGANGenerator(nn.Module):
     def forward(self, z):
         h = self.fc(z).view(-1, self.channels, 4, 4).contiguous(memory_format=torch.channels_last)
         h = self.blocks(h)
-        return torch.tanh(self.out(F.relu(self.bn(h))))
+        return torch.tanh(self.out(F.relu(self.bn(h), inplace=True)))
 
 
 class DBlock(nn.Module):
@@ -65,7 +66,7 @@ class DBlock(nn.Module):
 
     def forward(self, x):
         h = x if self.first else F.relu(x)
-        h = self.conv2(F.relu(self.conv1(h)))
+        h = self.conv2(F.relu(self.conv1(h), inplace=True))  # a conv's backward reads its input
         if self.downsample:
             h = F.avg_pool2d(h, 2)
         s = x
@@ -93,7 +94,7 @@ class SNGANDiscriminator(nn.Module):
 
     def forward(self, x):
         h = self.blocks(x.contiguous(memory_format=torch.channels_last))
-        return self.fc(F.relu(h).sum(dim=(2, 3))).squeeze(1)
+        return self.fc(F.relu(h, inplace=True).sum(dim=(2, 3))).squeeze(1)
 
 
 #: discriminator steps per generator step (``--n-dis`` default; SNGAN's 5)
