@@ -269,8 +269,8 @@ for _op in (linear_fwd, conv2d_fwd):
 # that cost 30–250 µs per op on a CPU and more on a GPU host — and run the same backends through
 # one autograd.Function; the registered ops above stay what torch.compile, opcheck and
 # torch.ops.sparsekit.* use. Same dispatch (_select), same kernels, same results; autocast gets
-# the ops' own rules (_AUTOCAST_DTYPE). One exception: a CPU layer that auto hands to masked
-# dense torch runs through torch's own autograd (reference.dense_autograd: dX, dW and db in one
+# the ops' own rules (_AUTOCAST_DTYPE). One exception: an unstrided CPU layer that auto hands to
+# masked dense torch runs through torch's own autograd (reference.dense_autograd: dX, dW and db in one
 # oneDNN call), the same values as the registered ops' reference launchers up to rounding.
 
 
@@ -349,14 +349,15 @@ def _no_autocast(x):
 
 def _eager_apply(x, weight, bias, layout, geom):
     """The eager path of the public functions: the forward pass's backend chosen once, then the
-    layer through ``_EagerSparse`` — or, where ``auto`` hands a CPU call to the reference backend
-    (the cpu backend declines by layout, dtype and ISA, alike for dX and dW), through torch's own
-    autograd (``reference.dense_autograd``: one fused dense backward)."""
+    layer through ``_EagerSparse`` — or, where ``auto`` hands an unstrided CPU call to the
+    reference backend (the cpu backend declines by layout, dtype and ISA, alike for dX and dW),
+    through torch's own autograd (``reference.dense_autograd``: one fused dense backward)."""
     x, weight, bias = _autocast(x, weight, bias)
     idx = BlockIndex(*layout.index_tensors(), *layout.block)
     op = "linear_fwd" if geom is None else "conv2d_fwd"
     backend = _select(op, x, weight, idx, geom)
-    if _backend == "auto" and x.device.type == "cpu" and backend.name == backends.FALLBACK:
+    if (_backend == "auto" and x.device.type == "cpu" and backend.name == backends.FALLBACK
+            and reference.runs_dense_autograd(geom)):
         with _no_autocast(x):
             return reference.dense_autograd(x, weight, bias, idx, geom, layout.dense_dw)
     return _EagerSparse.apply(x, weight, bias, idx, geom, layout.dense_dw, backend)

@@ -251,7 +251,7 @@ def test_eager_path_equals_the_registered_ops_bit_for_bit(monkeypatch):
 # (weight shape, block, x shape, conv kwargs or None for linear)
 DENSE_ROUTE_CASES = [
     ((48, 40, 3, 3), (16, 16), (2, 40, 7, 6), dict(padding=1)),
-    ((20, 6, 1, 1), (4, 2), (2, 6, 9, 7), dict(stride=2)),         # oneDNN's bad strided dW case
+    ((20, 6, 1, 1), (4, 2), (2, 6, 9, 7), dict(stride=2)),         # stays on the launchers
     ((24, 16, 3, 3), (8, 8), (2, 16, 5, 4), dict(padding=1, upsample=2)),
     ((40, 70), (16, 16), (9, 70), None),
 ]
@@ -262,9 +262,10 @@ DENSE_ROUTE_CASES = [
 @pytest.mark.parametrize("w_shape,block,x_shape,conv", DENSE_ROUTE_CASES)
 def test_auto_runs_declined_layers_through_torch_autograd(w_shape, block, x_shape, conv, full,
                                                           dense_dw, monkeypatch):
-    """Where ``auto`` hands a CPU layer to dense torch it runs it through torch's own autograd
-    (one fused oneDNN backward, not the reference backend's separate dX and dW launchers), with
-    the reference backend's values and gradients: dW masked, or dense with ``dense_dw``."""
+    """Where ``auto`` hands an unstrided CPU layer to dense torch it runs it through torch's own
+    autograd (one fused oneDNN backward, not the reference backend's separate dX and dW
+    launchers; strided convs keep those), with the reference backend's values and gradients: dW
+    masked, or dense with ``dense_dw``."""
     from sparsekit import ops
 
     monkeypatch.setattr(ops, "_fallbacks", {})
@@ -278,6 +279,8 @@ def test_auto_runs_declined_layers_through_torch_autograd(w_shape, block, x_shap
         if conv is None:
             return block_sparse_linear(x, w, layout, b)
         return block_sparse_conv2d(x, w, layout, b, **conv)
+    strided = conv is not None and conv.get("stride", 1) > 1  # keeps the reference launchers
     with pytest.warns(UserWarning, match="reference backend"):
-        assert "_EagerSparse" not in type(layer(x, w.requires_grad_(), b).grad_fn).__name__
+        eager_sparse = "_EagerSparse" in type(layer(x, w.requires_grad_(), b).grad_fn).__name__
+    assert eager_sparse == strided
     assert_matches_reference("auto", layer, [x, w.detach(), b])

@@ -91,11 +91,19 @@ class ReferenceBackend(Backend):
 BACKEND = ReferenceBackend()
 
 
+def runs_dense_autograd(geom) -> bool:
+    """Whether :func:`dense_autograd` may run a CPU call of this geometry (None: linear): not a
+    strided conv, whose channels_last dW oneDNN gets wrong (``grad_weight``) and whose NCHW
+    forward it runs up to 2× slower — those keep this backend's launchers."""
+    return geom is None or max(geom.stride) == 1
+
+
 def dense_autograd(x, weight, bias, idx, geom, dense_dw):
     """The layer as plain torch ops that torch's own autograd differentiates: ``auto``'s route on
-    the CPU where every pass of a call would fall back to this backend (``ops``). One oneDNN
-    backward call computes dX, dW and db together, where the backend's separate launchers run
-    two (the SNGAN RGB conv 128→3 @32², batch 16, fwd+bwd: 2.9 ms against 8.2 ms).
+    the CPU where every pass of a call would fall back to this backend (``ops``; unstrided
+    layers only, :func:`runs_dense_autograd`). One oneDNN backward call computes dX, dW and db
+    together, where the backend's separate launchers run two (the SNGAN RGB conv 128→3 @32²,
+    batch 16, fwd+bwd: 2.9 ms against 8.2 ms).
 
     Same values and gradients as :class:`ReferenceBackend`: the weight is ``W ⊙ mask`` (the
     gradient reaching ``weight`` masked the same way; full where ``dense_dw``: the mask is then
@@ -109,9 +117,5 @@ def dense_autograd(x, weight, bias, idx, geom, dense_dw):
         w = weight + (weight * mask - weight).detach() if dense_dw else weight * mask
     if geom is None:
         return F.linear(x, w, bias)
-    x = _upsampled(x, geom)
-    if x.device.type == "cpu" and max(geom.stride) > 1:
-        # the NCHW path: oneDNN's channels_last dW of strided convs is wrong (grad_weight above)
-        x, w = x.contiguous(), w.contiguous()
-    y = F.conv2d(x, w, bias, geom.stride, geom.padding, _dilation(geom, weight))
+    y = F.conv2d(_upsampled(x, geom), w, bias, geom.stride, geom.padding, _dilation(geom, weight))
     return y.contiguous(memory_format=torch.channels_last)
