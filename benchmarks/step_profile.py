@@ -11,8 +11,10 @@ convolutions and matmuls — what density can shrink) and of everything else (ba
 residual adds, pooling, spectral norm's power iterations, Adam, autograd: what every density
 pays alike), then the ``--top`` ops (``--shapes``: per op and input shapes, which tells one
 layer from another). The split bounds the whole-iteration speedup: with the rest
-fixed, a sparse run cannot beat dense by more than (layers + rest) / rest. Profiler times run a
-few percent above unprofiled ones.
+fixed, a sparse run cannot beat dense by more than (layers + rest) / rest. The split counts ops'
+own time, so an op a layer calls outside those (the dense route's weight mask, the dense model's
+upsampling) lands in the rest; the rest is alike across densities only to within such ops.
+Profiler times run a few percent above unprofiled ones.
 """
 
 from __future__ import annotations

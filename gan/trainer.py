@@ -414,11 +414,12 @@ def _plain_adam_state(opt) -> dict:
 def _own_adam_settings(opt):
     """After ``opt.load_state_dict`` (whose param groups replace this optimizer's): this
     optimizer's own lr object, capturable, foreach and fused, and its step counts where it keeps
-    them (on the device when capturable)."""
+    them (on the parameter's device when capturable or fused, else on the CPU)."""
     for group in opt.param_groups:
         group.update({k: opt.defaults[k] for k in ("lr", "capturable", "foreach", "fused")})
         for p in group["params"]:
             state = opt.state.get(p)
             if state:
-                state["step"] = state["step"].to(p.device if group["capturable"] else "cpu",
+                on_device = group["capturable"] or group["fused"]
+                state["step"] = state["step"].to(p.device if on_device else "cpu",
                                                  torch.float32)

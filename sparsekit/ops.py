@@ -24,7 +24,8 @@ serving the tensors' device type by their declared priority — ``cpu`` for CPU 
 declines a call it would run slower than dense torch: its ``auto_declines``), for CUDA tensors
 ``triton`` or ``cuda`` in the order of the measured table of ``backends.routing`` (per pass and
 dtype) — takes the first that supports the call, else announces (once per reason) a fallback to
-``reference``.
+``reference``. Called eagerly on the CPU, an unstrided layer that falls back runs through torch's
+own autograd on the masked weight (``reference.dense_autograd``), not the reference launchers.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ MAX_BLOCK = 64
 DENSE_WHEN_FULL = True
 #: Share of blocks kept above which ``auto`` runs a layer as dense torch, per ISA: where the
 #: SNGAN 3×3 convs (batch 16, 32×32 blocks, fwd and fwd+bwd) fall to ~1× of oneDNN limited to the
-#: same ISA (``python -m benchmarks.crossover``, 2-core Zen 4): AVX-512 1.0–1.3× at 0.75, 0.96–
+#: same ISA (``python -m benchmarks.crossover``, 2-core Zen 5): AVX-512 1.0–1.3× at 0.75, 0.96–
 #: 1.15× at 0.85; AVX2 (6 × 2-vector tiles) 1.10–1.23× at 0.75, 0.99–1.11× at 0.85. NEON is not
 #: measured yet and takes 0.6 (its tiles have not met a real core: stay on the safe side).
 CROSSOVER = {"avx512": 0.8, "avx2": 0.8, "neon": 0.6}

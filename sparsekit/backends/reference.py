@@ -1,6 +1,8 @@
 """The oracle: masked dense torch. Supports every argument (any kernel, dilation, dtype, device,
 block shape incl. 1×1 unstructured); every other backend is tested against it, and ``auto``
-falls back to it (announced) where no faster backend runs a call."""
+falls back to it (announced) where no faster backend runs a call — for unstrided CPU layers
+called eagerly as :func:`dense_autograd` (torch's own autograd, one fused backward) rather than
+through the launchers below."""
 
 from __future__ import annotations
 
@@ -108,7 +110,8 @@ def dense_autograd(x, weight, bias, idx, geom, dense_dw):
     Same values and gradients as :class:`ReferenceBackend`: the weight is ``W ⊙ mask`` (the
     gradient reaching ``weight`` masked the same way; full where ``dense_dw``: the mask is then
     applied outside autograd). ``geom`` None means linear. Returns the output (channels_last for
-    a conv).
+    a conv). With a fused upsample the upsampled input is materialised and kept for the backward,
+    as a dense upsample + conv keeps it (the launchers rebuild it in dW instead).
     """
     if is_full(idx):
         w = weight
