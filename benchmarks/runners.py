@@ -4,6 +4,9 @@ Implementations: ``dense`` (torch: oneDNN / cuDNN / cuBLAS), ``sparse:<backend>`
 that backend forced), ``bsr`` (torch's own BSR matmul on the same mask; linear and 1×1 only).
 Passes: ``fwd``, ``dx``, ``dw``, ``fwd+bwd``. GPU callables synchronise before returning.
 
+``sngan_trainer`` builds the trainer the whole-step benchmark times (and
+``benchmarks.step_profile`` profiles).
+
 Precision (DESIGN §3): fp32 means IEEE fp32. Every fp32 benchmark runs inside
 :func:`ieee_fp32`, which switches TF32 off for cuBLAS and cuDNN (the dense baseline) and for
 sparsekit's Triton backend, and restores the previous settings afterwards.
@@ -20,6 +23,20 @@ import sparsekit
 from sparsekit import BlockLayout, backends
 
 from .shapes import LayerCase
+
+
+def sngan_trainer(data, device, width, batch, g_density, d_density, block=(32, 32)):
+    """The gan Trainer of one SNGAN-ResNet whole-step benchmark: dense at G/D density (1, 1),
+    else ``static`` masks at those densities; fp32, no learning-rate decay."""
+    from gan.config import Config
+    from gan.trainer import Trainer
+
+    dense = (g_density, d_density) == (1.0, 1.0)
+    cfg = Config(method="dense" if dense else "static", model="sngan", width=width, batch_size=batch,
+                 steps=1000, device=device, block=f"{block[0]}x{block[1]}", lr_decay="none",
+                 precision="fp32", g_density=None if dense else g_density,
+                 d_density=None if dense else d_density)
+    return Trainer(cfg, data)
 
 
 #: benchmark.pedantic settings per device. GPU calls are short (tens of µs to a few ms), so

@@ -3,7 +3,7 @@
     python -m benchmarks.step_profile                       # dense and G 0.1 / D 0.2, CPU
     python -m benchmarks.step_profile --pairs 1,1 0.05,0.1 --top 15
 
-Builds the whole-step benchmark's trainer (``benchmarks/test_train_step.py``: SNGAN-ResNet,
+Builds the whole-step benchmark's trainer (``runners.sngan_trainer``: SNGAN-ResNet,
 ``--width`` 0.5, batch 16, n_dis 5, 32×32 blocks, static masks, fp32), runs two warm-up
 iterations and profiles ``--iterations`` more with ``torch.profiler``. Prints per iteration the
 self CPU time of the layer ops (sparse ops, whichever backend runs them, and torch's own
@@ -24,20 +24,12 @@ import argparse
 import torch
 from torch.profiler import profile
 
-from gan.config import Config
 from gan.data import load
-from gan.trainer import Trainer
+
+from .runners import sngan_trainer
 
 LAYER_OPS = {"_EagerSparse", "_EagerSparseBackward", "aten::mkldnn_convolution",
              "aten::convolution_backward", "aten::addmm", "aten::mm"}
-
-
-def trainer_for(data, g_density, d_density, width):
-    dense = (g_density, d_density) == (1.0, 1.0)
-    cfg = Config(method="dense" if dense else "static", model="sngan", width=width, batch_size=16,
-                 steps=1000, device="cpu", block="32x32", lr_decay="none", precision="fp32",
-                 g_density=None if dense else g_density, d_density=None if dense else d_density)
-    return Trainer(cfg, data)
 
 
 def main(argv=None):
@@ -64,7 +56,7 @@ def main(argv=None):
     data = load("digits")
     n = args.iterations
     for g, d in pairs:
-        trainer = trainer_for(data, g, d, args.width)
+        trainer = sngan_trainer(data, "cpu", args.width, 16, g, d)
         for _ in range(2):
             trainer.train_step(report=False)
         with profile(record_shapes=args.shapes) as prof:

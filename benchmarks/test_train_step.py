@@ -12,11 +12,9 @@ supported by the trainer yet, so there is no bf16 whole-step benchmark.
 import pytest
 import torch
 
-from gan.config import Config
 from gan.data import load
-from gan.trainer import Trainer
 
-from .runners import ieee_fp32
+from .runners import ieee_fp32, sngan_trainer
 
 DENSITY_PAIRS = [(1.0, 1.0), (0.5, 0.5), (0.2, 0.5), (0.1, 0.2), (0.05, 0.1)]
 GPU_QUICK_PAIRS = [(1.0, 1.0), (0.5, 0.5), (0.1, 0.2)]
@@ -39,15 +37,6 @@ def digits():
     return load("digits")
 
 
-def _trainer(data, device, width, batch, g_density, d_density, block=(32, 32)):
-    dense = (g_density, d_density) == (1.0, 1.0)
-    cfg = Config(method="dense" if dense else "static", model="sngan", width=width, batch_size=batch,
-                 steps=1000, device=device, block=f"{block[0]}x{block[1]}", lr_decay="none",
-                 precision="fp32", g_density=None if dense else g_density,
-                 d_density=None if dense else d_density)
-    return Trainer(cfg, data)
-
-
 def _sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -60,7 +49,7 @@ def test_gan_iteration(benchmark, request, digits, device, width, batch, full, g
     if full_only and request.config.getoption("--bench-set") != "full":
         pytest.skip("in the full set only (--bench-set full)")
     with ieee_fp32(torch.float32) as tf32:
-        trainer = _trainer(digits, device, width, batch, g_density, d_density)
+        trainer = sngan_trainer(digits, device, width, batch, g_density, d_density)
         trainer.train_step()  # warm-up: allocations, kernel compilation
         _sync(device)
 
@@ -83,7 +72,7 @@ FIRST_PER_DEVICE = [s for i, s in enumerate(SETTINGS) if s[0] not in {t[0] for t
 def test_mask_update(benchmark, digits, device, width, batch, full):
     """One prune + regrow + index rebuild of G at 10 % (gradient growth uses the .grad present)."""
     with ieee_fp32(torch.float32) as tf32:
-        trainer = _trainer(digits, device, width, batch, 0.1, 0.2)
+        trainer = sngan_trainer(digits, device, width, batch, 0.1, 0.2)
         trainer.train_step()
         _sync(device)
         engine = trainer.engine_G

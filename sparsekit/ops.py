@@ -271,8 +271,8 @@ for _op in (linear_fwd, conv2d_fwd):
 # one autograd.Function; the registered ops above stay what torch.compile, opcheck and
 # torch.ops.sparsekit.* use. Same dispatch (_select), same kernels, same results; autocast gets
 # the ops' own rules (_AUTOCAST_DTYPE). One exception: an unstrided CPU layer that auto hands to
-# masked dense torch runs through torch's own autograd (reference.dense_autograd: dX, dW and db in one
-# oneDNN call), the same values as the registered ops' reference launchers up to rounding.
+# masked dense torch runs through torch's own autograd (reference.dense_autograd: dX, dW and db
+# in one oneDNN call), the same values as the registered ops' reference launchers up to rounding.
 
 
 def _torch_probe(name, *args):

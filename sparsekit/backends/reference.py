@@ -113,11 +113,9 @@ def dense_autograd(x, weight, bias, idx, geom, dense_dw):
     a conv). With a fused upsample the upsampled input is materialised and kept for the backward,
     as a dense upsample + conv keeps it (the launchers rebuild it in dW instead).
     """
-    if is_full(idx):
-        w = weight
-    else:
-        mask = element_mask(idx.bitmap, weight.shape, (idx.block_n, idx.block_k)).to(weight.dtype)
-        w = weight + (weight * mask - weight).detach() if dense_dw else weight * mask
+    w = _masked(weight, idx)
+    if dense_dw and w is not weight:  # the masked values, the full dW
+        w = weight + (w - weight).detach()
     if geom is None:
         return F.linear(x, w, bias)
     y = F.conv2d(_upsampled(x, geom), w, bias, geom.stride, geom.padding, _dilation(geom, weight))
