@@ -56,7 +56,10 @@ def main(argv=None):
     data = load("digits")
     n = args.iterations
     for g, d in pairs:
-        trainer = sngan_trainer(data, "cpu", args.width, 16, g, d)
+        try:
+            trainer = sngan_trainer(data, "cpu", args.width, 16, g, d)
+        except ValueError as e:  # a density, or a width whose layers a 32×32 block cannot split
+            ap.error(f"--pairs {g:g},{d:g} / --width {args.width:g}: {e}")
         for _ in range(2):
             trainer.train_step(report=False)
         with profile(record_shapes=args.shapes) as prof:

@@ -18,7 +18,8 @@ def test_step_profile_splits_an_iteration_into_layer_ops_and_the_rest(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [(["--pairs", "0.1"], "--pairs"),
-                                           (["--iterations", "0"], "--iterations")])
+                                           (["--iterations", "0"], "--iterations"),
+                                           (["--pairs", "2,0.5"], "--g-density must be in")])
 def test_step_profile_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         step_profile.main(argv)
